@@ -1,0 +1,32 @@
+"""What the command-line scripts share: flags + config overrides, the run folder, the device."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .config import Config, load_config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+DEFAULT_DATA = Path("data/phantom")  # what `make demo` writes
+DEFAULT_MODEL = Path("outputs/demo/model")
+
+
+def script_parser(doc: str, *, config: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config:
+        parser.add_argument("--config", default=None,
+                            help="YAML experiment file (configs/*.yaml); any of its keys can also "
+                                 "be given as --key value or --section.key value")
+    return parser
+
+
+def parse_with_config(parser: argparse.ArgumentParser, section: str,
+                      argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
+    """Known flags -> args; every other ``--key value`` -> a config override (unknown = error)."""
+    args, rest = parser.parse_known_args(argv)
+    return args, load_config(args.config, rest, section=section)

@@ -1,0 +1,234 @@
+"""Experiment configuration: one dataclass per YAML section, file + command-line overrides.
+
+A YAML file holds only what differs from the defaults below. Any key can be overridden on the
+command line, either dotted (``--unet.learning_rate 2e-4``) or flat (``--resolution 64``); a flat
+key is looked up first in the running script's own section, then in the one other section that
+has it. Unknown keys and values of the wrong type are errors, never silent no-ops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    resolution: int = 64  # side of the square the padded native slice is resized to
+    flip: bool = True  # horizontal flip augmentation for training (brains are near-symmetric)
+    val_patients_fraction: float = 0.1  # share of train patients held out for validation
+    skip_corrupt: bool = False  # True: count and report unreadable images instead of stopping
+    split_seed: int = 0  # which patients go to validation
+
+
+@dataclass
+class TrainConfig:
+    """What every trainer shares (the loop in ``pipelines.training``)."""
+
+    max_train_steps: int = 1000
+    max_train_minutes: float = 0.0  # 0 = no wall-clock limit; else stop (and save) after this long
+    train_batch_size: int = 32
+    learning_rate: float = 1e-3
+    lr_warmup_steps: int = 50
+    lr_scheduler: str = "cosine"  # any diffusers get_scheduler name
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "bf16"  # no | fp16 | bf16
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 2
+    validation_steps: int = 250  # image grid every N steps
+    log_steps: int = 10
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class VAEConfig(TrainConfig):
+    block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    mid_block_add_attention: bool = False
+    norm_num_groups: int = 16
+    learning_rate: float = 1e-3
+    kl_weight: float = 1e-6
+    ssim_weight: float = 0.2  # weight of the (1 - SSIM) term beside L1
+    disc_weight: float = 0.1  # patch discriminator (hinge) weight once it is on; 0 disables it
+    disc_start_step: int = 500  # warm-up: discriminator off before this step
+    disc_learning_rate: float = 2e-4
+    disc_channels: int = 32
+    scale_factor_images: int = 512  # training images used to measure 1/std of the latents
+
+
+@dataclass
+class UNetConfig(TrainConfig):
+    block_out_channels: list = field(default_factory=lambda: [64, 128, 192])
+    layers_per_block: int = 1
+    attention_levels: list = field(default_factory=lambda: [False, False, True])
+    attention_head_dim: int = 32
+    conditioning: str = "class_embed"  # class_embed (added to time embedding) | cross_attention
+    cond_drop_prob: float = 0.15  # label dropped to the null label this often (CFG)
+    prediction_type: str = "v_prediction"  # epsilon | v_prediction
+    snr_gamma: float = 5.0  # min-SNR-gamma weighting; 0 disables it
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    learning_rate: float = 3e-4
+    adam_weight_decay: float = 1e-2
+    num_validation_images: int = 4  # per label in the grid every validation_steps
+
+
+@dataclass
+class SampleConfig:
+    guidance_scale: float = 2.0
+    num_inference_steps: int = 20
+    scheduler: str = "dpmsolver++"  # dpmsolver++ | ddim | euler | ddpm
+    num_images: int = 16
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    num_images: int = 200  # generated per label
+    judge_steps: int = 600
+    judge_batch_size: int = 64
+    judge_learning_rate: float = 1e-3
+    max_real_images: int = 2000  # cap on real images per split used by the metrics
+    embed_method: str = "umap"  # umap | tsne
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _coerce(value, annotation, where: str):
+    """Check ``value`` against the field's type (YAML already parsed it), converting int->float."""
+    target = annotation
+    if isinstance(target, str):
+        target = {"int": int, "float": float, "bool": bool, "str": str, "list": list}.get(target)
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if target is int and isinstance(value, bool):
+        raise UserError(f"config key {where} expects an integer, got {value!r}")
+    if target is not None and not isinstance(value, target):
+        raise UserError(f"config key {where} expects {target.__name__}, got {value!r}")
+    return value
+
+
+def _apply(section_obj, section: str, values: dict) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section_obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise UserError(
+                f"unknown config key '{section}.{key}'; valid keys: {', '.join(sorted(fields))}"
+            )
+        setattr(section_obj, key, _coerce(value, fields[key].type, f"{section}.{key}"))
+
+
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _resolve_flat_key(key: str, own_section: str | None) -> str:
+    if own_section and key in {f.name for f in dataclasses.fields(getattr(Config(), own_section))}:
+        return own_section
+    owners = [
+        s for s in SECTIONS if key in {f.name for f in dataclasses.fields(getattr(Config(), s))}
+    ]
+    if len(owners) == 1:
+        return owners[0]
+    if not owners:
+        raise UserError(f"unknown option '--{key}' (not a flag nor a config key); see --help")
+    raise UserError(f"'--{key}' is in several sections ({', '.join(owners)}); write e.g. "
+                    f"--{owners[0]}.{key}")
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, section: str | None = None
+) -> Config:
+    """Defaults <- YAML file <- ``--key value`` overrides (``section``: the script's own stage)."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pick one from configs/")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {path} must be a mapping of sections")
+        for name, values in raw.items():
+            if name not in SECTIONS:
+                raise UserError(f"unknown config section '{name}' in {path}; valid: {SECTIONS}")
+            _apply(getattr(cfg, name), name, values or {})
+    for key, value in _pairs(overrides or []):
+        if "." in key:
+            name, key = key.split(".", 1)
+            if name not in SECTIONS:
+                raise UserError(f"unknown config section in '--{name}.{key}'; valid: {SECTIONS}")
+        else:
+            name = _resolve_flat_key(key, section)
+        _apply(getattr(cfg, name), name, {key: _parse_value(value)})
+    return cfg
+
+
+def _pairs(tokens: list[str]):
+    it = iter(tokens)
+    for token in it:
+        if not token.startswith("--"):
+            raise UserError(f"unexpected argument '{token}'; overrides look like --key value")
+        token = token[2:]
+        if "=" in token:
+            key, value = token.split("=", 1)
+        else:
+            key = token
+            value = next(it, None)
+            if value is None:
+                raise UserError(f"option '--{key}' needs a value")
+        yield key, value
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Rebuild a saved config (e.g. from a model folder)."""
+    cfg = Config()
+    for name, values in raw.items():
+        if name in SECTIONS:
+            _apply(getattr(cfg, name), name, values or {})
+    return cfg
+
+
+def check_positive(**values) -> None:
+    """Raise a UserError for any value that is not > 0."""
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise UserError(f"--{name} must be a positive number, got {value}")
+

@@ -1,0 +1,418 @@
+"""The ADNI AD_NC data layer: scan, validate, decode, pad-to-square, patient-level splits.
+
+Layout: ``ROOT/{train,test}/{AD,NC}/<patient>_<slice>.{jpeg,jpg,png}``. Label ids are fixed here,
+not taken from a directory listing: NC=0, AD=1, and id 2 is the null label used by
+classifier-free guidance. Every model saves ``CLASS_NAMES`` so the ids travel with it.
+
+Validate a folder before training on it::
+
+    python -m pipelines.data inspect /path/to/AD_NC [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError, cli_entry
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+CLASS_NAMES = ("NC", "AD")  # index = label id
+LABEL_IDS = {name: i for i, name in enumerate(CLASS_NAMES)}
+NULL_LABEL = len(CLASS_NAMES)  # the "no label" id for classifier-free guidance
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+NATIVE_SIZE = (256, 240)  # (width, height) of an ADNI AD_NC slice as PIL reports it
+
+
+def patient_id(filename: str) -> str:
+    """ADNI slices are named ``<patient>_<slice>.jpeg``: the patient is before the last '_'."""
+    stem = Path(filename).stem
+    return stem.rsplit("_", 1)[0] if "_" in stem else stem
+
+
+def label_id(label: str | int) -> int:
+    """'AD'/'NC' (any case) or 0/1 -> label id; anything else is a user error."""
+    if isinstance(label, str) and label.upper() in LABEL_IDS:
+        return LABEL_IDS[label.upper()]
+    if isinstance(label, (int, np.integer)) and 0 <= int(label) < len(CLASS_NAMES):
+        return int(label)
+    if isinstance(label, str) and label.isdigit():
+        return label_id(int(label))
+    raise UserError(f"unknown label {label!r}; use one of {', '.join(CLASS_NAMES)} (or ids 0, 1)")
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def pad_to_square(pixels: np.ndarray) -> np.ndarray:
+    """Centre a (H, W) slice on a black square of side max(H, W)."""
+    h, w = pixels.shape
+    side = max(h, w)
+    out = np.zeros((side, side), dtype=pixels.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = pixels
+    return out
+
+
+def to_model_input(pixels: np.ndarray, resolution: int) -> np.ndarray:
+    """(H, W) uint8 native slice -> (R, R) uint8: pad to a square, then an antialiased resize."""
+    square = pad_to_square(pixels)
+    if square.shape[0] == resolution:
+        return square
+    return np.asarray(Image.fromarray(square).resize((resolution, resolution), Image.LANCZOS))
+
+
+def to_native(pixels: np.ndarray, native_size: tuple[int, int] = NATIVE_SIZE) -> np.ndarray:
+    """Inverse of :func:`to_model_input`: (R, R) -> (H, W) for ``native_size`` = (W, H).
+
+    Exact when R equals the padded side (256 for ADNI); otherwise a resize then the same crop.
+    """
+    w, h = native_size
+    side = max(w, h)
+    if pixels.shape[0] != side:
+        pixels = np.asarray(Image.fromarray(pixels).resize((side, side), Image.LANCZOS))
+    top, left = (side - h) // 2, (side - w) // 2
+    return pixels[top : top + h, left : left + w]
+
+
+def to_uint8_grey(image: Image.Image) -> tuple[np.ndarray, str | None]:
+    """Any PIL image -> (H, W) uint8; returns the conversion done, or None if it was 8-bit grey."""
+    if image.mode == "L":
+        return np.asarray(image), None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image).astype(np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return arr, f"mode {image.mode} scaled to 8-bit greyscale"
+    return np.asarray(image.convert("L")), f"mode {image.mode} converted to greyscale (L)"
+
+
+# ----------------------------------------------------------------------------- scanning
+
+
+@dataclass
+class SliceFile:
+    path: Path
+    relpath: str
+    split: str
+    label: int
+    patient: str
+
+
+@dataclass
+class ScanReport:
+    """What is in a folder: the usable files and everything that is not."""
+
+    root: Path
+    files: list[SliceFile] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # not images: ignored, counted
+    problems: list[str] = field(default_factory=list)  # layout errors that stop loading
+    missing_splits: list[str] = field(default_factory=list)
+
+    def of_split(self, split: str) -> list[SliceFile]:
+        return [f for f in self.files if f.split == split]
+
+
+def scan(root: str | Path, splits: tuple[str, ...] = SPLITS) -> ScanReport:
+    """Walk ``root``: classify every entry as a slice, a skipped stray file, or a problem."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data folder {root} does not exist; point --data at your AD_NC folder "
+                        "(or write the stand-in set: python -m pipelines.phantom --out DIR)")
+    if not root.is_dir():
+        raise UserError(f"data path {root} is not a folder; point --data at your AD_NC folder")
+    report = ScanReport(root=root)
+    for entry in sorted(root.iterdir()):
+        if entry.is_file():
+            report.skipped.append({"file": entry.name, "reason": "not inside a split folder"})
+        elif entry.name not in SPLITS:
+            report.skipped.append({"file": entry.name + "/", "reason": "not a split (train/test)"})
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            report.missing_splits.append(split)
+            report.problems.append(f"missing split folder {split_dir} (expected {split}/AD and "
+                                   f"{split}/NC)")
+            continue
+        for entry in sorted(split_dir.iterdir()):
+            rel = entry.relative_to(root).as_posix()
+            if entry.is_file():
+                report.skipped.append({"file": rel, "reason": "not inside a class folder"})
+            elif entry.name.upper() not in LABEL_IDS:
+                report.problems.append(f"unknown class folder {rel}; only AD and NC are known "
+                                       "(move it out of the data folder)")
+        for name in CLASS_NAMES:
+            class_dir = split_dir / name
+            if not class_dir.is_dir():
+                report.problems.append(f"missing class folder {class_dir.relative_to(root)}")
+                continue
+            found = 0
+            for path in sorted(class_dir.rglob("*")):
+                if not path.is_file():
+                    continue
+                rel = path.relative_to(root).as_posix()
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    report.skipped.append({"file": rel, "reason": "not a .jpeg/.jpg/.png image"})
+                    continue
+                found += 1
+                report.files.append(SliceFile(path, rel, split, LABEL_IDS[name],
+                                              patient_id(path.name)))
+            if found == 0:
+                report.problems.append(f"class folder {class_dir.relative_to(root)} has no images")
+    return report
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class SliceSet:
+    """Decoded slices of one split, ready for the networks: (N, 1, R, R) uint8 in memory."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor  # (N,) int64, ids of CLASS_NAMES
+    patients: list[str]
+    files: list[str]
+    resolution: int
+    corrupt: list[dict] = field(default_factory=list)
+    converted: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> SliceSet:
+        index = torch.as_tensor(index, dtype=torch.long)
+        idx = index.tolist()
+        return SliceSet(self.pixels[index], self.labels[index], [self.patients[i] for i in idx],
+                        [self.files[i] for i in idx], self.resolution)
+
+    def as_float(self) -> torch.Tensor:
+        """Pixels in [-1, 1], the range the VAE works in."""
+        return self.pixels.float() / 127.5 - 1.0
+
+    def summary(self) -> str:
+        counts = Counter(self.labels.tolist())
+        parts = [f"{counts.get(i, 0)} {n}" for i, n in enumerate(CLASS_NAMES)]
+        extra = []
+        if self.skipped:
+            extra.append(f"{len(self.skipped)} non-image files skipped")
+        if self.converted:
+            extra.append(f"{len(self.converted)} converted")
+        if self.corrupt:
+            extra.append(f"{len(self.corrupt)} corrupt skipped")
+        return (f"{len(self)} slices ({', '.join(parts)}) from {len(set(self.patients))} patients"
+                + (f"; {'; '.join(extra)}" if extra else ""))
+
+
+def _slice_table(files: list[SliceFile]):
+    """The split as a `datasets` table with an Image column (decoded lazily, offline)."""
+    import datasets
+
+    table = datasets.Dataset.from_dict({
+        "image": [str(f.path) for f in files],
+        "file": [f.relpath for f in files],
+        "label": [f.label for f in files],
+        "patient": [f.patient for f in files],
+    })
+    return table.cast_column("image", datasets.Image())
+
+
+def decode_slice(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """Read one file as (H, W) uint8 grey; raises ValueError if it is corrupt or unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_uint8_grey(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(str(err) or type(err).__name__) from None
+
+
+def load_split(
+    root: str | Path,
+    split: str,
+    resolution: int,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+    max_images: int | None = None,
+) -> SliceSet:
+    """Decode ``split`` to (N, 1, R, R) uint8, reporting everything that was not a clean slice."""
+    from tqdm.auto import tqdm
+
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use one of {SPLITS}")
+    report = scan(root, splits=(split,))
+    if report.problems:
+        raise UserError(f"{root} is not a usable AD_NC folder:\n  " + "\n  ".join(report.problems)
+                        + "\n(run: python -m pipelines.data inspect ROOT)")
+    files = report.of_split(split)
+    if max_images is not None and len(files) > max_images:
+        # every k-th file keeps both classes and many patients in proportion
+        keep = np.linspace(0, len(files) - 1, max_images).round().astype(int)
+        files = [files[i] for i in keep]
+    table = _slice_table(files)
+    pixels = np.zeros((len(files), 1, resolution, resolution), dtype=np.uint8)
+    good = np.ones(len(files), dtype=bool)
+    corrupt, converted = [], []
+    for i in tqdm(range(len(files)), desc=f"decode {split}", disable=not progress, leave=False):
+        try:
+            image = table[i]["image"]
+            arr, note = to_uint8_grey(image)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            corrupt.append({"file": files[i].relpath, "reason": str(err) or type(err).__name__})
+            good[i] = False
+            continue
+        if arr.shape not in (NATIVE_SIZE[::-1], NATIVE_SIZE):
+            note = (note + "; " if note else "") + f"size {arr.shape[1]}x{arr.shape[0]} padded"
+        if note:
+            converted.append({"file": files[i].relpath, "reason": note})
+        pixels[i, 0] = to_model_input(arr, resolution)
+    if corrupt and not skip_corrupt:
+        names = "\n  ".join(f"{c['file']}: {c['reason']}" for c in corrupt)
+        raise UserError(f"{len(corrupt)} corrupt image(s) in {root}:\n  {names}\nremove them, or "
+                        "pass --skip_corrupt true to skip them (they will be counted)")
+    keep = np.flatnonzero(good)
+    return SliceSet(
+        pixels=torch.from_numpy(pixels[keep]),
+        labels=torch.tensor([files[i].label for i in keep], dtype=torch.long),
+        patients=[files[i].patient for i in keep],
+        files=[files[i].relpath for i in keep],
+        resolution=resolution,
+        corrupt=corrupt,
+        converted=converted,
+        skipped=[s for s in report.skipped if s["file"].startswith(split + "/")],
+    )
+
+
+def patient_split(patients: list[str], labels, fraction: float, seed: int = 0):
+    """Indices (train, val) with ``fraction`` of each class's patients in val; no shared patient."""
+    labels = [int(x) for x in labels]
+    rng = np.random.default_rng(seed)
+    val_patients: set[str] = set()
+    for label in sorted(set(labels)):
+        pats = sorted({p for p, y in zip(patients, labels, strict=True) if y == label})
+        n_val = int(round(len(pats) * fraction))
+        if fraction > 0 and len(pats) > 1:
+            n_val = min(max(n_val, 1), len(pats) - 1)
+        val_patients.update(rng.permutation(pats)[:n_val].tolist())
+    val = [i for i, p in enumerate(patients) if p in val_patients]
+    train = [i for i, p in enumerate(patients) if p not in val_patients]
+    return train, val
+
+
+def load_train_val(root, data_cfg, progress: bool = True) -> tuple[SliceSet, SliceSet]:
+    """The train split, decoded, cut into (train, validation) by patient."""
+    full = load_split(root, "train", data_cfg.resolution, data_cfg.skip_corrupt, progress)
+    train_idx, val_idx = patient_split(full.patients, full.labels, data_cfg.val_patients_fraction,
+                                       data_cfg.split_seed)
+    train, val = full.subset(train_idx), full.subset(val_idx)
+    train.corrupt, train.converted, train.skipped = full.corrupt, full.converted, full.skipped
+    return train, val
+
+
+def random_flip(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+    if flip.any():
+        batch = batch.clone()
+        batch[flip] = batch[flip].flip(-1)
+    return batch
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+def inspect_folder(root: str | Path) -> dict:
+    """Everything a user should know about a folder before training on it, as a JSON-able dict."""
+    report = scan(root)
+    sizes, modes = Counter(), Counter()
+    corrupt, converted = [], []
+    per: dict[str, dict[str, dict]] = {s: {n: {"images": 0, "patients": set()} for n in CLASS_NAMES}
+                                       for s in SPLITS if s not in report.missing_splits}
+    for f in report.files:
+        try:
+            with Image.open(f.path) as image:
+                image.load()
+                sizes[f"{image.size[0]}x{image.size[1]}"] += 1
+                modes[image.mode] += 1
+                reasons = []
+                if image.mode != "L":
+                    reasons.append(to_uint8_grey(image)[1])
+                if image.size not in (NATIVE_SIZE, NATIVE_SIZE[::-1]):
+                    reasons.append(f"size {image.size[0]}x{image.size[1]} padded to a square")
+                if reasons:
+                    converted.append({"file": f.relpath, "reason": "; ".join(reasons)})
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            corrupt.append({"file": f.relpath, "reason": str(err) or type(err).__name__})
+            continue
+        cell = per[f.split][CLASS_NAMES[f.label]]
+        cell["images"] += 1
+        cell["patients"].add(f.patient)
+    splits = {s: {n: {"images": c["images"], "patients": len(c["patients"])} for n, c in d.items()}
+              for s, d in per.items()}
+    train_p = set().union(*[c["patients"] for c in per.get("train", {}).values()])
+    test_p = set().union(*[c["patients"] for c in per.get("test", {}).values()])
+    return {
+        "root": str(Path(root)),
+        "splits": splits,
+        "patients_in_train_and_test": sorted(train_p & test_p),
+        "sizes": dict(sizes),
+        "modes": dict(modes),
+        "skipped": report.skipped,
+        "corrupt": corrupt,
+        "converted": converted,
+        "problems": report.problems,
+    }
+
+
+def format_inspection(info: dict) -> str:
+    lines = [f"AD_NC folder: {info['root']}"]
+    for split, classes in info["splits"].items():
+        cells = ", ".join(f"{n} {c['images']} images / {c['patients']} patients"
+                          for n, c in classes.items())
+        lines.append(f"  {split:5s}: {cells}")
+    lines.append(f"  patients in both train and test: {len(info['patients_in_train_and_test'])}")
+    lines.append(f"  sizes: {info['sizes']}   modes: {info['modes']}")
+    for key in ("skipped", "converted", "corrupt"):
+        lines.append(f"  {key}: {len(info[key])}")
+        lines.extend(f"    {e['file']}: {e['reason']}" for e in info[key][:50])
+        if len(info[key]) > 50:
+            lines.append(f"    ... and {len(info[key]) - 50} more (see --json)")
+    for problem in info["problems"]:
+        lines.append(f"  PROBLEM: {problem}")
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="validate an AD_NC folder and summarise it")
+    p.add_argument("root")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    info = inspect_folder(args.root)
+    print(json.dumps(info, indent=2) if args.json else format_inspection(info))
+    if info["problems"] or info["corrupt"]:
+        print(f"error: {args.root} has {len(info['problems'])} layout problem(s) and "
+              f"{len(info['corrupt'])} corrupt image(s); fix them, or train with "
+              "--skip_corrupt true to skip corrupt images", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

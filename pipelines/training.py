@@ -1,0 +1,285 @@
+"""The one training loop every trainer uses (VAE, UNet): accumulate, clip, step, EMA, log,
+validate, checkpoint, stop. Trainers differ only in the model and the loss function.
+
+Survivability: checkpoints are written to ``checkpoint-N.tmp`` and renamed when complete, so a
+kill mid-save leaves the last good one; ``resume="latest"`` restores model, optimizer, scheduler,
+scaler, RNG and EMA and continues at the same step with the same data order (the order is a pure
+function of seed and step, see :class:`BatchSchedule`). A NaN/inf loss stops the run before
+anything is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from .errors import UserError
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class TrainingDiverged(UserError):
+    """Loss became NaN/inf: stop with a clear message, keep the last good checkpoint."""
+
+
+class BatchSchedule:
+    """Which examples each process sees at each step: a seeded permutation per epoch.
+
+    A pure function of (seed, step), so a resumed run sees exactly the batches the killed run
+    would have; the global batch is split across processes without overlap.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        if num_examples < 1:
+            raise UserError("no training examples")
+        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.rank, self.world = rank, world_size
+        self._epoch, self._perm = -1, None
+
+    def indices(self, micro_step: int) -> torch.Tensor:
+        global_batch = self.batch_size * self.world
+        start = micro_step * global_batch + self.rank * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            epoch, offset = divmod(pos, self.n)
+            if epoch != self._epoch:
+                gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+                self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+            out.append(self._perm[offset])
+        return torch.stack(out)
+
+
+def make_accelerator(cfg, output_dir: str | Path, find_unused_parameters: bool = False):
+    """Accelerator with TensorBoard logs under OUTPUT_DIR/logs (bf16 autocast works on CPU too)."""
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if \
+        find_unused_parameters else []
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise UserError(f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
+    precision = cfg.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        precision = "bf16"  # fp16 autocast needs a GPU; bf16 is the CPU's fast path
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(Path(output_dir) / "logs")),
+        kwargs_handlers=kwargs,
+    )
+    set_seed(cfg.seed + accelerator.process_index)
+    return accelerator
+
+
+def validate_train_config(cfg) -> None:
+    for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps",
+                 "checkpointing_steps", "validation_steps", "log_steps"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value <= 0:
+            raise UserError(f"--{name} must be a positive integer, got {value}")
+    if not cfg.learning_rate > 0:
+        raise UserError(f"--learning_rate must be positive, got {cfg.learning_rate}")
+    if cfg.max_train_minutes < 0:
+        raise UserError(f"--max_train_minutes must be >= 0, got {cfg.max_train_minutes}")
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (``.tmp`` folders are half-written and ignored)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def resolve_resume(output_dir, resume: str | None) -> Path | None:
+    """``latest`` -> newest complete checkpoint (None on a fresh run); a path must exist."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"--resume_from_checkpoint {resume} is not a checkpoint folder; use "
+                        f"'latest' or a {CHECKPOINT_PREFIX}N folder under OUTPUT_DIR/checkpoints")
+    return path
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    wall_seconds: float = 0.0
+    images_seen: int = 0
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir, state: TrainState, limit: int,
+                    save_extra: Callable[[Path], None] | None = None) -> Path:
+    """Write ``checkpoint-N.tmp``, then rename: a kill at any moment leaves a good checkpoint."""
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"{CHECKPOINT_PREFIX}{state.step}"
+    tmp = root / f"{final.name}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        if save_extra is not None:
+            save_extra(tmp)
+        (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoints(output_dir)[:-limit] if limit > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path,
+                    load_extra: Callable[[Path], None] | None = None) -> TrainState:
+    accelerator.load_state(str(path))
+    if load_extra is not None:
+        load_extra(path)
+    return TrainState(**json.loads((path / "trainer_state.json").read_text()))
+
+
+def run_training(
+    *,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    loss_fn: Callable[[torch.nn.Module, object, int], tuple[torch.Tensor, dict]],
+    get_batch: Callable[[torch.Tensor], object],
+    num_examples: int,
+    cfg,
+    output_dir: str | Path,
+    resume: str | None = None,
+    ema=None,
+    on_validation: Callable[[int], None] | None = None,
+    save_extra: Callable[[Path], None] | None = None,
+    load_extra: Callable[[Path], None] | None = None,
+    desc: str = "train",
+) -> TrainState:
+    """Train ``model`` (already passed through ``accelerator.prepare``) for ``cfg.max_train_steps``.
+
+    ``loss_fn(model, batch, step) -> (loss, logs)``: the trainer's objective (scalar loss).
+    ``get_batch(indices) -> batch``: examples by index, on the right device.
+    ``ema``: a diffusers EMAModel stepped after each optimizer step (its save/load is the
+    trainer's ``save_extra``/``load_extra``). ``on_validation(step)`` runs on the main process.
+    """
+    validate_train_config(cfg)
+    state = TrainState()
+    checkpoint = resolve_resume(output_dir, resume)
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, load_extra)
+        accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+    schedule = BatchSchedule(num_examples, cfg.train_batch_size, cfg.seed,
+                             accelerator.process_index, accelerator.num_processes)
+    accum = cfg.gradient_accumulation_steps
+    images_per_step = cfg.train_batch_size * accum * accelerator.num_processes
+    start_step, start_wall = state.step, state.wall_seconds
+    t0 = time.time()
+    bar = tqdm(total=cfg.max_train_steps, initial=state.step, desc=desc,
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    logs: dict = {}
+    limit_s = cfg.max_train_minutes * 60
+    while state.step < cfg.max_train_steps:
+        model.train()
+        for micro in range(accum):
+            batch = get_batch(schedule.indices(state.step * accum + micro))
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss, logs = loss_fn(model, batch, state.step)
+                if not torch.isfinite(loss.detach()).all():
+                    last = checkpoints(output_dir)
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at step {state.step}; nothing was saved over "
+                        f"the last good checkpoint ({last[-1] if last else 'none yet'}). Lower "
+                        "--learning_rate or try --mixed_precision no, then resume with "
+                        "--resume_from_checkpoint latest")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(model).parameters())
+        state.step += 1
+        state.images_seen += images_per_step
+        state.wall_seconds = start_wall + time.time() - t0
+        bar.update(1)
+        if state.step % cfg.log_steps == 0 or state.step == cfg.max_train_steps:
+            speed = (state.step - start_step) * images_per_step / max(time.time() - t0, 1e-9)
+            logs = {k: float(v) for k, v in logs.items()}
+            logs |= {"lr": lr_scheduler.get_last_lr()[0], "img_per_s": speed}
+            accelerator.log(logs, step=state.step)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
+        out_of_time = limit_s > 0 and state.wall_seconds - start_wall >= limit_s
+        done = state.step >= cfg.max_train_steps or out_of_time
+        if on_validation is not None and (state.step % cfg.validation_steps == 0 or done):
+            if accelerator.is_main_process:
+                on_validation(state.step)
+            accelerator.wait_for_everyone()
+        if state.step % cfg.checkpointing_steps == 0 or done:
+            save_checkpoint(accelerator, output_dir, state, cfg.checkpoints_total_limit,
+                            save_extra)
+        if out_of_time:
+            accelerator.print(f"stopping at step {state.step}: max_train_minutes reached")
+            break
+    bar.close()
+    return state
+
+
+def cosine_lr(optimizer, cfg, num_processes: int = 1):
+    """Warm-up + decay over the run; counts are in optimizer steps, as Accelerate steps it."""
+    from diffusers.optimization import get_scheduler
+
+    # accelerate's prepared scheduler advances num_processes times per optimizer step
+    return get_scheduler(cfg.lr_scheduler, optimizer,
+                         num_warmup_steps=cfg.lr_warmup_steps * num_processes,
+                         num_training_steps=cfg.max_train_steps * num_processes)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write JSON atomically (tmp + rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def save_pretrained_atomic(model, path: str | Path) -> Path:
+    """``model.save_pretrained`` into ``path.tmp``, then swap it in: never a half-written model."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -1,0 +1,30 @@
+"""Train (or fine-tune) the greyscale AutoencoderKL on AD_NC slices.
+
+    python train_vae.py --config configs/demo.yaml --data data/phantom --output_dir outputs/demo/vae_run
+    accelerate launch train_vae.py --config configs/adni256.yaml --data AD_NC --output_dir runs/vae
+    python train_vae.py ... --pretrained path/to/local/sd-vae   # fine-tune, RGB adapted to grey
+
+Any config key can be overridden, e.g. --resolution 64 --max_train_steps 2000 --vae.kl_weight 1e-6.
+Writes OUTPUT_DIR/vae (diffusers AutoencoderKL), OUTPUT_DIR/metrics.json, samples/, logs/.
+"""
+
+from pipelines.autoencoder import train_vae
+from pipelines.cli import DEFAULT_DATA, parse_with_config, script_parser
+from pipelines.errors import cli_entry
+
+
+@cli_entry
+def main(argv=None):
+    parser = script_parser(__doc__)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder (train/ test/)")
+    parser.add_argument("--output_dir", default="outputs/vae", help="where the run is written")
+    parser.add_argument("--pretrained", default=None,
+                        help="local diffusers AutoencoderKL folder to fine-tune (RGB is adapted)")
+    parser.add_argument("--resume_from_checkpoint", default=None,
+                        help="'latest' or a checkpoint folder; a fresh run if none exists")
+    args, cfg = parse_with_config(parser, "vae", argv)
+    train_vae(cfg, args.data, args.output_dir, args.pretrained, args.resume_from_checkpoint)
+
+
+if __name__ == "__main__":
+    main()
