@@ -1,0 +1,191 @@
+"""Stage 2: train the class-conditioned UNet on cached VAE latents, save the pipeline.
+
+Writes OUTPUT_DIR as a diffusers folder (model_index.json, vae/, unet/ with the EMA weights,
+scheduler/), a model card README.md, metrics.json, config.yaml, samples/ grids and logs/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+
+from .config import Config
+from .data import CLASS_NAMES, NULL_LABEL, load_train_val
+from .errors import UserError
+from .latents import build_latent_cache
+from .losses import diffusion_loss
+from .models import build_unet, count_parameters, load_vae, vae_downsample_factor
+from .pipeline import ADNIDiffusionPipeline, make_scheduler
+from .plots import save_grid, to_uint8
+from .training import cosine_lr, make_accelerator, run_training, write_json
+
+
+def training_scheduler(ucfg) -> DDPMScheduler:
+    if ucfg.prediction_type not in ("epsilon", "v_prediction"):
+        raise UserError(f"unet.prediction_type must be epsilon or v_prediction, "
+                        f"got {ucfg.prediction_type!r}")
+    return DDPMScheduler(num_train_timesteps=ucfg.num_train_timesteps,
+                         beta_schedule=ucfg.beta_schedule, beta_start=ucfg.beta_start,
+                         beta_end=ucfg.beta_end, prediction_type=ucfg.prediction_type,
+                         clip_sample=False)
+
+
+def drop_labels(class_labels: torch.Tensor, prob: float, generator=None) -> torch.Tensor:
+    """Replace labels by the null label with probability ``prob`` (classifier-free guidance)."""
+    drop = torch.rand(class_labels.shape, generator=generator) < prob
+    return torch.where(drop, torch.full_like(class_labels, NULL_LABEL), class_labels)
+
+
+def build_pipeline(vae, unet, noise_scheduler, scheduler_name: str = "dpmsolver++"):
+    return ADNIDiffusionPipeline(vae=vae, unet=unet,
+                                 scheduler=make_scheduler(scheduler_name, noise_scheduler.config))
+
+
+def save_pipeline(pipe, output_dir: Path, card: str) -> None:
+    """save_pretrained into a temporary folder, then swap each component in (model index last)."""
+    tmp = output_dir / ".pipeline.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "README.md").write_text(card)
+    for name in ("vae", "unet", "scheduler"):
+        if (output_dir / name).exists():
+            shutil.rmtree(output_dir / name)
+        os.replace(tmp / name, output_dir / name)
+    os.replace(tmp / "README.md", output_dir / "README.md")
+    os.replace(tmp / "model_index.json", output_dir / "model_index.json")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_card(cfg: Config, data_root, metrics: dict) -> str:
+    return f"""---
+library_name: diffusers
+tags: [latent-diffusion, medical-imaging, brain-mri, adni, class-conditional]
+---
+# ADNI AD/NC class-conditioned latent diffusion
+
+Generates 8-bit greyscale axial brain MRI slices ({cfg.data.resolution} px, cropped back to
+256x240) of Alzheimer's disease (AD) or normal controls (NC).
+
+- Data: `{data_root}` ({metrics['train_images']} training slices from
+  {metrics['train_patients']} patients; labels {', '.join(CLASS_NAMES)} = ids 0, 1; null id {NULL_LABEL})
+- UNet: {metrics['parameters'] / 1e6:.1f}M parameters, {cfg.unet.prediction_type}, min-SNR gamma
+  {cfg.unet.snr_gamma}, EMA {cfg.unet.ema_decay}, label dropout {cfg.unet.cond_drop_prob}
+- Trained {metrics['steps']} steps ({metrics['wall_seconds'] / 60:.1f} min,
+  {metrics['img_per_s']:.1f} img/s)
+
+```python
+from pipelines import ADNIDiffusionPipeline
+pipe = ADNIDiffusionPipeline.from_pretrained("{Path(metrics['output_dir']).as_posix()}")
+images = pipe(["AD"], num_images_per_label=4, guidance_scale={cfg.sample.guidance_scale}).images
+```
+
+Full training config:
+
+```json
+{json.dumps(cfg.to_dict(), indent=2)}
+```
+"""
+
+
+def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None = None,
+               cache_dir: str | Path | None = None) -> dict:
+    output_dir = Path(output_dir)
+    ucfg = cfg.unet
+    if not 0 <= ucfg.cond_drop_prob < 1:
+        raise UserError(f"--cond_drop_prob must be in [0, 1), got {ucfg.cond_drop_prob}")
+    accelerator = make_accelerator(ucfg, output_dir)
+    vae = load_vae(vae_path).to(accelerator.device).eval().requires_grad_(False)
+    if vae.config.sample_size != cfg.data.resolution:
+        accelerator.print(f"note: VAE trained at {vae.config.sample_size} px, data at "
+                          f"{cfg.data.resolution} px")
+    train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process)
+    accelerator.print(f"train: {train_set.summary()}")
+    cache = build_latent_cache(vae, train_set, data_root,
+                               cache_dir or output_dir / "latent_cache", cfg.data.flip,
+                               accelerator)
+    scaling = float(vae.config.scaling_factor)
+    latent_size = cfg.data.resolution // vae_downsample_factor(vae)
+    unet = build_unet(ucfg, vae.config.latent_channels, latent_size)
+    noise_scheduler = training_scheduler(ucfg)
+    ema = EMAModel(unet.parameters(), decay=ucfg.ema_decay, use_ema_warmup=ucfg.ema_warmup,
+                   model_cls=UNet2DModel, model_config=unet.config)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=ucfg.learning_rate,
+                                  betas=(ucfg.adam_beta1, ucfg.adam_beta2),
+                                  weight_decay=ucfg.adam_weight_decay)
+    lr_scheduler = cosine_lr(optimizer, ucfg, accelerator.num_processes)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(output_dir / "config.yaml")
+        accelerator.init_trackers("unet")
+    accelerator.print(f"UNet: {count_parameters(unet) / 1e6:.2f}M parameters on "
+                      f"{tuple(cache.mean.shape[1:])} latents, {accelerator.num_processes} "
+                      f"process(es), {accelerator.mixed_precision}")
+    gen = torch.Generator().manual_seed(ucfg.seed + 1009 * accelerator.process_index)
+
+    def get_batch(indices):
+        latents = cache.sample(indices, scaling, gen).to(accelerator.device)
+        labels = drop_labels(cache.labels[indices], ucfg.cond_drop_prob, gen)
+        return latents, labels.to(accelerator.device)
+
+    def loss_fn(model, batch, step):
+        latents, labels = batch
+        loss = diffusion_loss(model, noise_scheduler, latents, labels, ucfg.snr_gamma).mean()
+        return loss, {"loss": loss.detach()}
+
+    def ema_unet():
+        model = copy.deepcopy(accelerator.unwrap_model(unet)).float().eval()
+        ema.copy_to(model.parameters())
+        return model
+
+    def on_validation(step):
+        pipe = build_pipeline(vae, ema_unet(), noise_scheduler).to(accelerator.device)
+        pipe.set_progress_bar_config(disable=True)
+        n = ucfg.num_validation_images
+        images = pipe(list(CLASS_NAMES), num_images_per_label=n,
+                      guidance_scale=cfg.sample.guidance_scale,
+                      num_inference_steps=cfg.sample.num_inference_steps,
+                      generator=torch.Generator().manual_seed(0), output_type="square").images
+        save_grid(to_uint8(images), output_dir / "samples" / f"step-{step:06d}.png", nrow=n)
+
+    def save_ema(path: Path):
+        ema.save_pretrained(path / "ema")
+
+    def load_ema(path: Path):
+        ema.load_state_dict(EMAModel.from_pretrained(path / "ema", UNet2DModel).state_dict())
+
+    t0 = time.time()
+    state = run_training(accelerator=accelerator, model=unet, optimizer=optimizer,
+                         lr_scheduler=lr_scheduler, loss_fn=loss_fn, get_batch=get_batch,
+                         num_examples=len(cache), cfg=ucfg, output_dir=output_dir, resume=resume,
+                         ema=ema, on_validation=on_validation, save_extra=save_ema,
+                         load_extra=load_ema, desc="unet")
+    metrics = {}
+    if accelerator.is_main_process:
+        elapsed = time.time() - t0
+        metrics = {
+            "steps": state.step, "wall_seconds": round(state.wall_seconds, 1),
+            "images_seen": state.images_seen,
+            "img_per_s": state.images_seen / max(state.wall_seconds, 1e-9),
+            "this_run_seconds": round(elapsed, 1), "parameters": count_parameters(unet),
+            "latent_shape": list(cache.mean.shape[1:]), "train_images": len(train_set),
+            "train_patients": len(set(train_set.patients)), "vae": str(vae_path),
+            "latent_cache": cache.key, "output_dir": str(output_dir),
+            "class_names": list(CLASS_NAMES),
+            "labels_in_training": np.bincount(cache.labels.numpy(), minlength=2).tolist(),
+        }
+        pipe = build_pipeline(vae.float(), ema_unet(), noise_scheduler)
+        save_pipeline(pipe, output_dir, model_card(cfg, data_root, metrics))
+        write_json(output_dir / "metrics.json", metrics)
+        accelerator.print(f"saved pipeline to {output_dir} ({state.step} steps)")
+    accelerator.end_training()
+    return metrics

@@ -1,0 +1,99 @@
+"""The latent cache: the frozen VAE encodes the training slices once, never per training step.
+
+The cache key hashes the VAE's config and weights and the list of decoded files with their
+sizes and times, so a changed VAE or data set is never served stale latents. It stores the
+posterior mean and std (training samples ``mean + std * eps``), and the encodings of the
+mirrored slices when flip augmentation is on. Files are safetensors (no pickle); the main
+process writes them to a temporary name and renames, the others wait and read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import SliceSet
+
+
+def vae_fingerprint(vae) -> str:
+    digest = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(slices: SliceSet, root: str | Path) -> str:
+    digest = hashlib.sha256(str(slices.resolution).encode())
+    root = Path(root)
+    for rel in slices.files:
+        st = (root / rel).stat()
+        digest.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class LatentCache:
+    mean: torch.Tensor  # (N, C, h, w) unscaled posterior means
+    std: torch.Tensor  # (N, C, h, w)
+    labels: torch.Tensor  # (N,)
+    flip_mean: torch.Tensor | None = None
+    flip_std: torch.Tensor | None = None
+    key: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sample(self, indices: torch.Tensor, scaling_factor: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latent samples; a random half of them from the mirrored slices when cached."""
+        mean, std = self.mean[indices], self.std[indices]
+        if self.flip_mean is not None:
+            flip = (torch.rand(len(indices), generator=generator) < 0.5)[:, None, None, None]
+            mean = torch.where(flip, self.flip_mean[indices], mean)
+            std = torch.where(flip, self.flip_std[indices], std)
+        eps = torch.randn(mean.shape, generator=generator)
+        return (mean + std * eps) * scaling_factor
+
+
+@torch.no_grad()
+def _encode(vae, images: torch.Tensor, batch_size: int, desc: str, progress: bool):
+    means, stds = [], []
+    for chunk in tqdm(images.split(batch_size), desc=desc, disable=not progress, leave=False):
+        dist = vae.encode(chunk.float().div(127.5).sub(1).to(vae.device, vae.dtype)).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def build_latent_cache(vae, slices: SliceSet, root, cache_dir: str | Path, flip: bool,
+                       accelerator=None, batch_size: int = 64) -> LatentCache:
+    """Load the cache for (VAE, data, flip) or encode and write it (main process only)."""
+    key = f"{vae_fingerprint(vae)}-{data_fingerprint(slices, root)}-{'flip' if flip else 'noflip'}"
+    path = Path(cache_dir) / f"latents-{key}.safetensors"
+    is_main = accelerator is None or accelerator.is_main_process
+    if is_main and not path.is_file():
+        vae.eval()
+        tensors = {"labels": slices.labels.clone()}
+        tensors["mean"], tensors["std"] = _encode(vae, slices.pixels, batch_size,
+                                                  "encode latents", True)
+        if flip:
+            tensors["flip_mean"], tensors["flip_std"] = _encode(
+                vae, slices.pixels.flip(-1), batch_size, "encode mirrored", True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"key": key, "files": str(len(slices))})
+        os.replace(tmp, path)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    tensors = load_file(str(path))
+    return LatentCache(tensors["mean"], tensors["std"], tensors["labels"],
+                       tensors.get("flip_mean"), tensors.get("flip_std"), key)
