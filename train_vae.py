@@ -1,6 +1,6 @@
 """Train (or fine-tune) the greyscale AutoencoderKL on AD_NC slices.
 
-    python train_vae.py --config configs/demo.yaml --data data/phantom --output_dir outputs/demo/vae_run
+    python train_vae.py --config configs/demo.yaml --data data/phantom --output_dir outputs/vae
     accelerate launch train_vae.py --config configs/adni256.yaml --data AD_NC --output_dir runs/vae
     python train_vae.py ... --pretrained path/to/local/sd-vae   # fine-tune, RGB adapted to grey
 

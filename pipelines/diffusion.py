@@ -76,7 +76,8 @@ Generates 8-bit greyscale axial brain MRI slices ({cfg.data.resolution} px, crop
 256x240) of Alzheimer's disease (AD) or normal controls (NC).
 
 - Data: `{data_root}` ({metrics['train_images']} training slices from
-  {metrics['train_patients']} patients; labels {', '.join(CLASS_NAMES)} = ids 0, 1; null id {NULL_LABEL})
+  {metrics['train_patients']} patients); labels {', '.join(CLASS_NAMES)} = ids 0, 1,
+  null label id {NULL_LABEL}
 - UNet: {metrics['parameters'] / 1e6:.1f}M parameters, {cfg.unet.prediction_type}, min-SNR gamma
   {cfg.unet.snr_gamma}, EMA {cfg.unet.ema_decay}, label dropout {cfg.unet.cond_drop_prob}
 - Trained {metrics['steps']} steps ({metrics['wall_seconds'] / 60:.1f} min,

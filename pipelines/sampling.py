@@ -40,7 +40,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but no CUDA GPU is visible; use --device cpu")
+        raise UserError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
     return device
 
 
