@@ -131,8 +131,11 @@ def _coerce(value, annotation, where: str):
     target = annotation
     if isinstance(target, str):
         target = {"int": int, "float": float, "bool": bool, "str": str, "list": list}.get(target)
-    if target is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if target is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "2e-4" as a string
+        except ValueError:
+            raise UserError(f"config key {where} expects a number, got {value!r}") from None
     if target is int and isinstance(value, bool):
         raise UserError(f"config key {where} expects an integer, got {value!r}")
     if target is not None and not isinstance(value, target):

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny stand-in data set and tiny trained models, made once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def run_script(*args, check: bool = True, env: dict | None = None, timeout: int = 600):
+    """Run a repo script or module in a subprocess; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Stand-in AD_NC: 3 train + 2 test patients per class, 4 slices each."""
+    from pipelines.phantom import write_phantom
+
+    out = tmp_path_factory.mktemp("data") / "AD_NC"
+    write_phantom(out, train_patients=3, test_patients=2, slices=4, seed=0, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_run(tiny_data, tmp_path_factory) -> Path:
+    from pipelines.autoencoder import train_vae
+    from pipelines.config import load_config
+
+    out = tmp_path_factory.mktemp("vae_run")
+    train_vae(load_config(TINY), tiny_data, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_vae_run, tiny_data, tmp_path_factory) -> Path:
+    from pipelines.config import load_config
+    from pipelines.diffusion import train_unet
+
+    out = tmp_path_factory.mktemp("ldm")
+    train_unet(load_config(TINY), tiny_vae_run / "vae", tiny_data, out)
+    return out
