@@ -1,0 +1,163 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.config import load_config
+from pipelines.data import load_split
+from pipelines.diffusion import drop_labels, training_scheduler
+from pipelines.latents import build_latent_cache
+from pipelines.losses import diffusion_loss, min_snr_weight
+from pipelines.models import build_unet, load_vae
+from pipelines.pipeline import ADNIDiffusionPipeline, make_scheduler
+from pipelines.sampling import generate
+
+from .conftest import ROOT, TINY, run_script
+from .test_vae import kill_and_resume
+
+
+def test_pipeline_folder_is_a_diffusers_folder(tiny_model):
+    index = json.loads((tiny_model / "model_index.json").read_text())
+    assert index["_class_name"] == "ADNIDiffusionPipeline"
+    assert index["class_names"] == ["NC", "AD"]
+    for part in ("vae", "unet"):
+        assert (tiny_model / part / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tiny_model / "scheduler" / "scheduler_config.json").is_file()
+    assert "AD" in (tiny_model / "README.md").read_text()
+    assert json.loads((tiny_model / "metrics.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("scheduler", ["dpmsolver++", "ddim", "euler", "ddpm"])
+def test_reload_and_sample_both_labels(tiny_model, scheduler):
+    pipe = ADNIDiffusionPipeline.from_pretrained(tiny_model)
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_images_per_label=2, num_inference_steps=3, guidance_scale=2.0,
+                  output_type="np")
+    a = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(1), **kwargs).images
+    b = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(1), **kwargs).images
+    c = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(2), **kwargs).images
+    assert a.shape == (4, 240, 256) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    pil = pipe([1], num_inference_steps=2, output_type="pil").images[0]
+    assert pil.size == (256, 240) and pil.mode == "L"
+
+
+def test_images_do_not_depend_on_batch_size(tiny_model):
+    pipe = ADNIDiffusionPipeline.from_pretrained(tiny_model)
+    kwargs = dict(seed=3, guidance_scale=2.0, num_inference_steps=3, progress=False)
+    big = generate(pipe, "AD", 4, batch_size=4, **kwargs)
+    small = generate(pipe, "AD", 4, batch_size=3, **kwargs)
+    np.testing.assert_allclose(big.astype(int), small.astype(int), atol=1)
+
+
+def test_label_dropout_and_min_snr():
+    labels = torch.zeros(10000, dtype=torch.long)
+    dropped = drop_labels(labels, 0.15, torch.Generator().manual_seed(0))
+    assert set(dropped.unique().tolist()) == {0, 2}
+    assert 0.13 < (dropped == 2).float().mean() < 0.17
+    snr = torch.tensor([0.1, 5.0, 100.0])
+    assert torch.allclose(min_snr_weight(snr, 5.0, "epsilon"), torch.tensor([1.0, 1.0, 0.05]))
+    assert torch.allclose(min_snr_weight(snr, 5.0, "v_prediction"),
+                          torch.tensor([0.1 / 1.1, 5 / 6, 5 / 101]))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_diffusion_loss_decreases_on_one_batch(prediction_type):
+    cfg = load_config(TINY, [f"--prediction_type={prediction_type}"], section="unet").unet
+    torch.manual_seed(0)
+    unet = build_unet(cfg, latent_channels=2, latent_size=8)
+    scheduler = training_scheduler(cfg)
+    latents, labels = torch.randn(8, 2, 8, 8), torch.randint(0, 3, (8,))
+    opt = torch.optim.Adam(unet.parameters(), 3e-3)
+    losses = []
+    for step in range(30):
+        gen = torch.Generator().manual_seed(step % 2)
+        loss = diffusion_loss(unet, scheduler, latents, labels, 5.0, gen).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+
+
+def test_latent_cache_is_keyed_by_vae_and_data(tiny_vae_run, tiny_data, tmp_path):
+    vae = load_vae(tiny_vae_run / "vae")
+    slices = load_split(tiny_data, "train", 32, progress=False)
+    a = build_latent_cache(vae, slices, tiny_data, tmp_path, flip=True)
+    again = build_latent_cache(vae, slices, tiny_data, tmp_path, flip=True)
+    assert a.key == again.key and len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert a.mean.shape == (len(slices), 2, 16, 16) and a.flip_mean is not None
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.1)
+        vae.encoder.conv_in.bias.add_(0.1)
+    changed = build_latent_cache(vae, slices, tiny_data, tmp_path, flip=True)
+    assert changed.key != a.key and not torch.equal(changed.mean, a.mean)
+    subset = slices.subset(range(len(slices) - 1))
+    assert build_latent_cache(vae, subset, tiny_data, tmp_path, flip=True).key != changed.key
+    samples = a.sample(torch.arange(4), 2.0, torch.Generator().manual_seed(0))
+    assert samples.shape == (4, 2, 16, 16)
+
+
+def test_sample_cli_writes_pngs_grid_and_sidecar(tiny_model, tmp_path):
+    out = tmp_path / "s"
+    run_script("sample.py", "--model", tiny_model, "--label", "AD", "--num_images", "3",
+               "--seed", "5", "--num_inference_steps", "2", "--out", out)
+    files = sorted((out / "AD").glob("*.png"))
+    assert len(files) == 3 and (out / "grid_AD.png").is_file()
+    assert Image.open(files[0]).size == (256, 240) and Image.open(files[0]).mode == "L"
+    record = json.loads((out / "sample.json").read_text())
+    assert record["seed"] == 5 and record["num_inference_steps"] == 2
+    assert record["scheduler"] == "dpmsolver++" and "AD" in record["labels"]
+    first = np.asarray(Image.open(files[0]))
+    run_script("sample.py", "--model", tiny_model, "--label", "AD", "--num_images", "1",
+               "--seed", "5", "--num_inference_steps", "2", "--out", tmp_path / "again")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "AD" / "AD_0000.png")),
+                          first)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label", "MCI"], "unknown label"),
+    (["--num_images", "0"], "positive"),
+    (["--num_images", "-2"], "positive"),
+    (["--guidance_scale", "0.5"], "1 means no guidance"),
+    (["--model", "/no/such/model"], "no model at"),
+])
+def test_sample_bad_input_exits_2(tiny_model, tmp_path, args, message):
+    proc = run_script("sample.py", "--model", tiny_model, "--out", tmp_path, *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sample_rejects_a_folder_that_is_not_this_pipeline(tiny_vae_run, tmp_path):
+    proc = run_script("sample.py", "--model", tiny_vae_run, "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and "not an ADNIDiffusionPipeline" in proc.stderr
+
+
+def test_unet_killed_mid_run_resumes_with_ema(tiny_vae_run, tiny_data, tmp_path):
+    args = ["train_unet.py", "--config", TINY, "--vae", tiny_vae_run / "vae", "--data",
+            tiny_data, "--max_train_steps", "60", "--checkpointing_steps", "5",
+            "--validation_steps", "1000"]
+    metrics = kill_and_resume(args, tmp_path / "run", "checkpoint-5")
+    assert metrics["steps"] == 60
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-60" / "ema").is_dir()
+    ADNIDiffusionPipeline.from_pretrained(tmp_path / "run")
+
+
+def test_unet_two_cpu_processes(tiny_vae_run, tiny_data, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    proc = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29519", "train_unet.py",
+         "--config", str(TINY), "--vae", str(tiny_vae_run / "vae"), "--data", str(tiny_data),
+         "--output_dir", str(tmp_path / "ddp"), "--max_train_steps", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    pipe = ADNIDiffusionPipeline.from_pretrained(tmp_path / "ddp")
+    assert pipe(["NC"], num_inference_steps=2, output_type="np").images.shape == (1, 240, 256)

@@ -1,0 +1,127 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from pipelines.errors import UserError
+from pipelines.models import adapt_to_greyscale, load_vae
+
+from .conftest import ROOT, TINY, run_script
+
+
+def test_tiny_vae_saves_loadable_model_with_measured_scale(tiny_vae_run):
+    metrics = json.loads((tiny_vae_run / "metrics.json").read_text())
+    vae = AutoencoderKL.from_pretrained(tiny_vae_run / "vae")
+    assert vae.config.in_channels == 1 and vae.config.out_channels == 1
+    assert vae.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
+    assert vae.config.scaling_factor != 0.18215  # the measured one, not the SD default
+    assert metrics["steps"] == 6 and metrics["psnr"] > 0 and 0 < metrics["ssim"] <= 1
+    assert (tiny_vae_run / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert sorted(p.name for p in (tiny_vae_run / "checkpoints").iterdir()) == \
+        ["checkpoint-3", "checkpoint-6"]
+    assert list((tiny_vae_run / "samples").glob("recon-*.png"))
+
+
+def _rgb_vae():
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=2,
+                         norm_num_groups=4, sample_size=16)
+
+
+def test_rgb_vae_adapted_to_grey_gives_same_latent_and_output(tmp_path):
+    torch.manual_seed(0)
+    rgb = _rgb_vae().eval()
+    rgb.save_pretrained(tmp_path / "rgb")
+    grey = adapt_to_greyscale(load_vae(tmp_path / "rgb")).eval()
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z_rgb = rgb.encode(x.repeat(1, 3, 1, 1)).latent_dist.mean
+        z_grey = grey.encode(x).latent_dist.mean
+        assert torch.allclose(z_rgb, z_grey, atol=1e-5)
+        out_rgb = rgb.decode(z_rgb).sample.mean(dim=1, keepdim=True)
+        assert torch.allclose(grey.decode(z_grey).sample, out_rgb, atol=1e-5)
+    grey.save_pretrained(tmp_path / "grey")
+    assert AutoencoderKL.from_pretrained(tmp_path / "grey").config.in_channels == 1
+
+
+def test_finetune_from_local_rgb_vae(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    _rgb_vae().save_pretrained(tmp_path / "rgb")
+    run_script("train_vae.py", "--config", TINY, "--data", tiny_data, "--output_dir",
+               tmp_path / "ft", "--pretrained", tmp_path / "rgb", "--max_train_steps", "2",
+               "--disc_weight", "0")
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["pretrained"].endswith("rgb") and metrics["steps"] == 2
+    assert AutoencoderKL.from_pretrained(tmp_path / "ft" / "vae").config.block_out_channels \
+        == [8, 16]
+
+
+def test_not_a_vae_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_vae(tmp_path / "missing")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(UserError, match="not an AutoencoderKL"):
+        load_vae(tmp_path / "x")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--no_such_key", "3"], "unknown option"),
+    (["--max_train_steps", "-5"], "positive"),
+    (["--pretrained", "/no/such/vae"], "does not exist"),
+])
+def test_train_vae_bad_input_exits_2(tiny_data, tmp_path, args, message):
+    proc = run_script("train_vae.py", "--config", TINY, "--data", tiny_data, "--output_dir",
+                      tmp_path / "o", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def kill_and_resume(script_args, output_dir, kill_after_checkpoint: str):
+    """Start a run, SIGKILL it once a checkpoint exists, resume it with 'latest'."""
+    cmd = [sys.executable, *map(str, script_args), "--output_dir", str(output_dir),
+           "--resume_from_checkpoint", "latest"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    target = output_dir / "checkpoints" / kill_after_checkpoint
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
+def test_vae_killed_mid_run_resumes_to_same_step_count(tiny_data, tmp_path):
+    args = ["train_vae.py", "--config", TINY, "--data", tiny_data, "--max_train_steps", "40",
+            "--checkpointing_steps", "5", "--validation_steps", "100", "--disc_weight", "0"]
+    metrics = kill_and_resume(args, tmp_path / "run", "checkpoint-5")
+    assert metrics["steps"] == 40
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
+
+def test_vae_two_cpu_processes(tiny_data, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    proc = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "train_vae.py", "--config",
+         str(TINY), "--data", str(tiny_data), "--output_dir", str(tmp_path / "ddp"),
+         "--max_train_steps", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["images_seen"] == 3 * 8 * 2
+    AutoencoderKL.from_pretrained(tmp_path / "ddp" / "vae")
