@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines.config import DataConfig
 from pipelines.data import (
     CLASS_NAMES,
     LABEL_IDS,
@@ -20,7 +21,6 @@ from pipelines.data import (
     to_model_input,
     to_native,
 )
-from pipelines.config import DataConfig
 from pipelines.errors import UserError
 
 from .conftest import run_script
