@@ -1,11 +1,12 @@
 """ADNI AD/NC class-conditioned latent diffusion: data, models, training loop, pipeline, metrics.
 
-Heavy modules load on first use, so `python -m pipelines.data inspect` starts fast.
+Names load on first use: `python -m pipelines.data` then runs its module only once.
 """
 
-from .data import CLASS_NAMES, LABEL_IDS, NULL_LABEL
-
 _LAZY = {
+    "CLASS_NAMES": "data",
+    "LABEL_IDS": "data",
+    "NULL_LABEL": "data",
     "ADNIDiffusionPipeline": "pipeline",
     "load_config": "config",
     "Config": "config",
@@ -23,4 +24,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["CLASS_NAMES", "LABEL_IDS", "NULL_LABEL", *_LAZY]
+__all__ = list(_LAZY)

@@ -1,0 +1,165 @@
+"""The stand-in AD_NC generator: layout, format, determinism, class difference, user errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage as ndi
+
+from pipelines import phantom
+from pipelines.data import CLASS_NAMES, NATIVE_SIZE, SPLITS, inspect_folder, patient_id
+from pipelines.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"train_patients": 2, "test_patients": 2, "slices": 3}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jpeg"))}
+
+
+def _dark_fraction(pixels: np.ndarray) -> float:
+    """Share of the brain darker than 45% of its white matter: CSF, ventricles, open sulci."""
+    brain = ndi.binary_fill_holes(pixels > 10)
+    white = np.percentile(pixels[brain], 90)
+    return float(((pixels < 0.45 * white) & brain).sum() / brain.sum())
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom") / "AD_NC"
+    counts = phantom.write_phantom(out, seed=0, workers=1, **SMALL)
+    assert counts == {s: {c: 2 * 3 for c in CLASS_NAMES} for s in SPLITS}
+    return out
+
+
+def test_layout_names_and_format(small_set):
+    for split in SPLITS:
+        for label in CLASS_NAMES:
+            files = sorted((small_set / split / label).iterdir())
+            assert len(files) == 6
+            by_patient: dict[str, list[int]] = {}
+            for path in files:
+                pid, slice_id = path.stem.rsplit("_", 1)
+                assert path.suffix == ".jpeg" and pid.isdigit() and len(pid) == 6
+                assert patient_id(path.name) == pid
+                by_patient.setdefault(pid, []).append(int(slice_id))
+                with Image.open(path) as image:
+                    assert image.format == "JPEG" and image.mode == "L"
+                    assert image.size == NATIVE_SIZE == (256, 240)
+                    pixels = np.asarray(image)
+                assert pixels[:5].max() < 16 and pixels[:, :5].max() < 16  # black background
+                assert pixels.max() > 150  # white matter
+            assert len(by_patient) == 2
+            for ids in by_patient.values():  # consecutive slice numbers
+                assert sorted(ids) == list(range(min(ids), min(ids) + 3))
+    manifest = json.loads((small_set / phantom.MANIFEST).read_text())
+    assert manifest["seed"] == 0 and len(manifest["patients"]) == 8
+    assert not (small_set / phantom.PARTIAL_MARKER).exists()
+    assert not list(small_set.rglob("*.tmp"))
+
+
+def test_inspect_reports_exact_counts(small_set):
+    info = inspect_folder(small_set)
+    assert info["splits"] == {s: {c: {"images": 6, "patients": 2} for c in CLASS_NAMES}
+                              for s in SPLITS}
+    assert info["patients_in_train_and_test"] == []
+    assert info["problems"] == [] and info["corrupt"] == [] and info["converted"] == []
+    assert info["sizes"] == {"256x240": 24} and info["modes"] == {"L": 24}
+
+
+def test_patient_ids_unique_across_splits():
+    jobs = phantom.plan("x", 30, 10, 20, seed=3)
+    assert len({j.pid for j in jobs}) == len(jobs) == 80
+    train = {j.pid for j in jobs if j.split == "train"}
+    assert not train & {j.pid for j in jobs if j.split == "test"}
+
+
+def test_deterministic_for_a_seed_and_across_workers(small_set, tmp_path):
+    again = tmp_path / "again"
+    phantom.write_phantom(again, seed=0, workers=2, **SMALL)
+    assert _files(again) == _files(small_set)
+    other = tmp_path / "other"
+    phantom.write_phantom(other, seed=1, workers=1, **SMALL)
+    assert set(_files(other)) != set(_files(small_set))  # other patient ids
+    first = next(iter(_files(other).values()))
+    assert first not in _files(small_set).values()
+
+
+def test_complete_set_is_not_rewritten(small_set, capsys):
+    before = {p: p.stat().st_mtime_ns for p in small_set.rglob("*.jpeg")}
+    phantom.write_phantom(small_set, seed=0, workers=1, **SMALL)
+    assert "nothing to do" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime_ns for p in small_set.rglob("*.jpeg")}
+
+
+def test_interrupted_run_is_finished_and_cleaned(tmp_path):
+    out = tmp_path / "set"
+    phantom.write_phantom(out, train_patients=1, test_patients=1, slices=2, workers=1)
+    (out / phantom.MANIFEST).unlink()  # as if killed before the end
+    (out / phantom.PARTIAL_MARKER).write_text("{}")
+    (out / "train" / "AD" / ".123_70.jpeg.99.tmp").write_bytes(b"half")
+    (out / "train" / "AD" / "999999_70.jpeg").write_bytes(b"old")
+    phantom.write_phantom(out, train_patients=1, test_patients=1, slices=2, workers=1)
+    assert len(list(out.rglob("*.jpeg"))) == 8 and not list(out.rglob("*.tmp"))
+    assert (out / phantom.MANIFEST).exists() and not (out / phantom.PARTIAL_MARKER).exists()
+
+
+def test_ad_shows_more_atrophy_than_nc():
+    """Averaged over patients, AD slices hold more dark CSF (ventricles, sulci) than NC."""
+    fractions = {}
+    for label in CLASS_NAMES:
+        values = []
+        for index in range(6):
+            patient = phantom.draw_patient(0, "train", label, index, "100000")
+            values += [_dark_fraction(s) for s in phantom.render(patient, slices=3)]
+        fractions[label] = np.mean(values)
+    assert fractions["AD"] > fractions["NC"] + 0.03, fractions
+
+
+def test_severity_distributions_overlap_but_differ():
+    sev = {c: [phantom.draw_patient(0, "train", c, i, "1").severity for i in range(200)]
+           for c in CLASS_NAMES}
+    assert 0.5 < np.mean(sev["AD"]) < 0.7 and 0.1 < np.mean(sev["NC"]) < 0.3
+    assert max(sev["NC"]) > min(sev["AD"])  # not trivially separable
+
+
+@pytest.mark.parametrize("kwargs", [{"train_patients": 0}, {"test_patients": -1},
+                                    {"slices": 0}, {"slices": 1000}, {"seed": -1},
+                                    {"workers": 0}, {"train_patients": 2.5}])
+def test_bad_counts_are_user_errors(tmp_path, kwargs):
+    with pytest.raises(UserError):
+        phantom.write_phantom(tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_that_is_a_file_or_foreign_folder_is_refused(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        phantom.write_phantom(a_file, **SMALL)
+    foreign = tmp_path / "real_data"
+    (foreign / "train").mkdir(parents=True)
+    with pytest.raises(UserError, match="not empty"):
+        phantom.write_phantom(foreign, **SMALL)
+    assert list(foreign.iterdir()) == [foreign / "train"]
+
+
+def test_cli_exits_2_on_bad_input(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipelines.phantom", "--out",
+                           str(tmp_path / "x"), "--train_patients", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --train_patients") and "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_a_file_as_out(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.phantom", "--out", str(a_file)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is a file" in proc.stderr
