@@ -26,15 +26,10 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-# The main job on the stand-in data, every stage on the CPU demo config.
+# The main job on the stand-in data, every stage on the CPU demo config, timed; writes
+# $(DEMO_OUT)/report.md. Rerun to resume an interrupted run.
 demo: $(VENV)/.installed
-	$(PY) -m pipelines.phantom --out $(DEMO_DATA)
-	$(PY) -m pipelines.data inspect $(DEMO_DATA)
-	$(PY) train_vae.py --config configs/demo.yaml --data $(DEMO_DATA) --output_dir $(DEMO_OUT)/vae_run --resume_from_checkpoint latest
-	$(PY) train_unet.py --config configs/demo.yaml --vae $(DEMO_OUT)/vae_run/vae --data $(DEMO_DATA) --output_dir $(DEMO_OUT)/model --resume_from_checkpoint latest
-	$(PY) sample.py --model $(DEMO_OUT)/model --label all --out $(DEMO_OUT)/samples
-	$(PY) embed.py --model $(DEMO_OUT)/model --data $(DEMO_DATA) --out $(DEMO_OUT)/embedding --with_generated 100
-	$(PY) evaluate.py --model $(DEMO_OUT)/model --data $(DEMO_DATA) --out $(DEMO_OUT)/eval
+	$(PY) -m pipelines.demo --data $(DEMO_DATA) --out $(DEMO_OUT) --config configs/demo.yaml
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_OUT)

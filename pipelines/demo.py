@@ -1,0 +1,182 @@
+"""`make demo`: every stage on the stand-in data, timed, then one report with the targets.
+
+    python -m pipelines.demo [--data data/phantom] [--out outputs/demo] [--config configs/demo.yaml]
+
+Each stage is the same command a user runs (so the demo tests the real entry points), started as
+a subprocess; its wall time and the peak memory of the largest process are recorded in
+OUT/timings.json. Stages resume: a rerun continues an interrupted training from its checkpoint.
+OUT/report.md puts real and generated slices side by side and checks each demo target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import cli_entry
+from .plots import grid, save_png
+from .training import write_json
+
+
+def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
+    py = sys.executable
+    return [
+        ("stand-in data", [py, "-m", "pipelines.phantom", "--out", str(data)]),
+        ("inspect", [py, "-m", "pipelines.data", "inspect", str(data)]),
+        ("train VAE", [py, "train_vae.py", "--config", config, "--data", str(data),
+                       "--output_dir", str(out / "vae_run"), "--resume_from_checkpoint",
+                       "latest"]),
+        ("train UNet", [py, "train_unet.py", "--config", config, "--vae",
+                        str(out / "vae_run" / "vae"), "--data", str(data), "--output_dir",
+                        str(out / "model"), "--resume_from_checkpoint", "latest"]),
+        ("sample", [py, "sample.py", "--model", str(out / "model"), "--label", "all",
+                    "--out", str(out / "samples")]),
+        ("embed", [py, "embed.py", "--model", str(out / "model"), "--data", str(data),
+                   "--out", str(out / "embedding"), "--with_generated", "100"]),
+        ("evaluate", [py, "evaluate.py", "--model", str(out / "model"), "--data", str(data),
+                      "--out", str(out / "eval")]),
+    ]
+
+
+def run_stages(config: str, data: Path, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    t_all = time.time()
+    for i, (name, cmd) in enumerate(stages(config, data, out), 1):
+        print(f"\n=== [{i}/7] {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.time()
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            print(f"demo stopped: stage '{name}' exited {proc.returncode}; fix the message above "
+                  "and run `make demo` again (training resumes from its checkpoint)",
+                  file=sys.stderr)
+            sys.exit(proc.returncode)
+        timings[name] = round(time.time() - t0, 1)
+        print(f"=== {name}: {timings[name]:.0f} s (total so far {time.time() - t_all:.0f} s)")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    record = {"stages_seconds": timings, "total_seconds": round(time.time() - t_all, 1),
+              "peak_rss_gib": round(peak_kib / 2**20, 2), "config": config}
+    write_json(out / "timings.json", record)
+    return record
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def real_vs_generated_figure(data: Path, out: Path, n: int = 6) -> Path:
+    """Rows: real NC, generated NC, real AD, generated AD (all at the native 256x240)."""
+    rows = []
+    for label in ("NC", "AD"):
+        real = sorted((data / "test" / label).glob("*.jpeg"))
+        picks = [real[int(i)] for i in np.linspace(0, len(real) - 1, n)]
+        rows.append(np.stack([np.asarray(Image.open(p).convert("L")) for p in picks]))
+        gen = sorted((out / "samples" / label).glob("*.png"))[:n]
+        rows.append(np.stack([np.asarray(Image.open(p)) for p in gen]))
+    return save_png(grid(np.concatenate(rows), nrow=n, pad=4), out / "real_vs_generated.png")
+
+
+def check(name: str, value, target: str, ok: bool | None) -> str:
+    mark = "n/a" if ok is None else ("met" if ok else "MISSED")
+    return f"| {name} | {value} | {target} | {mark} |"
+
+
+def targets(timing: dict, vae: dict, ev: dict) -> list[str]:
+    """The demo targets of the project, each with the measured value."""
+    rows = ["| target | measured | goal | |", "|---|---|---|---|"]
+    if timing:
+        total = timing["total_seconds"] - timing["stages_seconds"].get("stand-in data", 0)
+        rows.append(check("whole run (data set-up excluded)", f"{total / 60:.1f} min",
+                          "<= 30 min", total <= 1800))
+        rows.append(check("peak memory", f"{timing['peak_rss_gib']:.2f} GiB", "< 6 GiB",
+                          timing["peak_rss_gib"] < 6))
+    if vae:
+        rows.append(check("VAE held-out PSNR", f"{vae['psnr']:.2f} dB", ">= 30 dB",
+                          vae["psnr"] >= 30))
+        rows.append(check("VAE held-out SSIM", f"{vae['ssim']:.4f}", ">= 0.92",
+                          vae["ssim"] >= 0.92))
+    if ev:
+        acc = ev["judge_acc"]
+        for label in ("AD", "NC"):
+            ratio = acc[f"gen_{label}"] / max(acc["real_test"], 1e-9)
+            rows.append(check(f"judge accuracy on generated {label} / on real test",
+                              f"{acc[f'gen_{label}']:.3f} / {acc['real_test']:.3f} = {ratio:.2f}",
+                              ">= 0.90", ratio >= 0.9))
+        fd = ev["fd"]
+        rows.append(check("Frechet distance / real floor",
+                          f"{fd['gen_vs_test']:.2f} / {fd['train_vs_test']:.2f} = "
+                          f"{fd['gen_vs_test'] / max(fd['train_vs_test'], 1e-9):.2f}", "<= 3",
+                          fd["gen_vs_test"] <= 3 * fd["train_vs_test"]))
+        rows.append(check("precision", f"{ev['precision']:.3f}", ">= 0.7",
+                          ev["precision"] >= 0.7))
+        rows.append(check("recall", f"{ev['recall']:.3f}", ">= 0.5", ev["recall"] >= 0.5))
+        div = ev["diversity"]
+        rows.append(check(f"diversity ({div['measure']}) gen vs real",
+                          f"{div['gen']:.3f} vs {div['real']:.3f}", "within 0.05",
+                          abs(div["gen"] - div["real"]) <= 0.05))
+        mem = ev["memorisation"]
+        rows.append(check("median nearest-train SSIM gen vs real test",
+                          f"{mem['gen_nn_ssim_median']:.3f} vs {mem['test_nn_ssim_median']:.3f}",
+                          "gen <= real", mem["gen_nn_ssim_median"] <= mem["test_nn_ssim_median"]))
+        rows.append(check("TSTR / TRTR", f"{ev['tstr']:.3f} / {ev['trtr']:.3f}", ">= 0.90",
+                          ev["tstr"] >= 0.9 * ev["trtr"]))
+    return rows
+
+
+def write_report(data: Path, out: Path) -> Path:
+    timing, vae = _load(out / "timings.json"), _load(out / "vae_run" / "metrics.json")
+    unet, ev = _load(out / "model" / "metrics.json"), _load(out / "eval" / "metrics.json")
+    emb = out / "embedding" / "embedding.md"
+    lines = ["# Demo report", "",
+             "Stand-in data (not ADNI): see README. Rows: real NC, generated NC, real AD, "
+             "generated AD.", ""]
+    if (out / "samples").is_dir():
+        real_vs_generated_figure(data, out)
+        lines += ["![real vs generated](real_vs_generated.png)", ""]
+    lines += ["## Targets", "", *targets(timing, vae, ev), ""]
+    if timing:
+        lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in timing["stages_seconds"].items()]
+        lines.append("")
+    if unet:
+        lines += [f"UNet: {unet['steps']} steps, {unet['img_per_s']:.0f} img/s, "
+                  f"{unet['parameters'] / 1e6:.1f}M parameters.", ""]
+    if (out / "eval" / "metrics.md").is_file():
+        lines += ["## Evaluation", "", (out / "eval" / "metrics.md").read_text(),
+                  "![closest pairs](eval/closest_pairs.png)", ""]
+    if emb.is_file():
+        lines += ["## Embedding", "", "See [embedding/embedding.md](embedding/embedding.md).",
+                  "", "![embedding](embedding/embedding.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+@cli_entry
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/phantom")
+    parser.add_argument("--out", default="outputs/demo")
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--report_only", action="store_true", help="rewrite report.md only")
+    args = parser.parse_args(argv)
+    data, out = Path(args.data), Path(args.out)
+    if not args.report_only:
+        run_stages(args.config, data, out)
+    path = write_report(data, out)
+    print(f"\nreport: {path}")
+    print("\n".join(targets(_load(out / "timings.json"), _load(out / "vae_run" / "metrics.json"),
+                            _load(out / "eval" / "metrics.json"))))
+
+
+if __name__ == "__main__":
+    main()

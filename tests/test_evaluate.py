@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from .conftest import run_script
+
+KEYS = {"fd", "precision", "recall", "judge_acc", "diversity", "memorisation", "tstr", "trtr",
+        "inception_fid", "per_label"}
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny_model, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    proc = run_script("evaluate.py", "--model", tiny_model, "--data", tiny_data, "--out", out,
+                      "--num_images", "4", "--num_inference_steps", "2")
+    return out, proc
+
+
+def test_metrics_json_has_the_documented_shape(evaluation):
+    out, proc = evaluation
+    m = json.loads((out / "metrics.json").read_text())
+    assert KEYS <= set(m)
+    assert set(m["fd"]) == {"gen_vs_test", "train_vs_test"} and m["fd"]["gen_vs_test"] >= 0
+    assert {"real_test", "gen_AD", "gen_NC"} <= set(m["judge_acc"])
+    assert m["diversity"]["measure"] == "ssim"  # 32 px is too small for MS-SSIM
+    assert {"gen_nn_ssim_median", "test_nn_ssim_median"} <= set(m["memorisation"])
+    assert set(m["per_label"]) == {"AD", "NC"}
+    assert set(m["per_label"]["AD"]["judge_acc"]) == {"real_test", "gen_AD"}
+    assert 0 <= m["tstr"] <= 1 and 0 <= m["trtr"] <= 1 and m["inception_fid"] is None
+    for name in ("metrics.md", "closest_pairs.png", "generated_AD.png", "generated_NC.png"):
+        assert (out / name).is_file()
+    assert "Frechet distance" in proc.stdout
+
+
+def test_judge_is_cached_and_reused(evaluation, tiny_model, tiny_data, tmp_path):
+    run_script("evaluate.py", "--model", tiny_model, "--data", tiny_data, "--out", tmp_path,
+               "--num_images", "2", "--num_inference_steps", "1")
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["judge"]["reused_from_cache"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num_images", "0"], "positive"),
+    (["--guidance_scale", "0"], ">= 1"),
+    (["--model", "/no/model"], "no model at"),
+    (["--data", "/no/data"], "does not exist"),
+])
+def test_evaluate_bad_input_exits_2(tiny_model, tiny_data, tmp_path, args, message):
+    proc = run_script("evaluate.py", "--model", tiny_model, "--data", tiny_data, "--out",
+                      tmp_path, *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
