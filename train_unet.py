@@ -9,7 +9,7 @@ Any config key can be overridden, e.g. --max_train_steps 4000 --unet.learning_ra
 Writes OUTPUT_DIR/{model_index.json,vae,unet,scheduler,README.md,metrics.json,samples,logs}.
 """
 
-from pipelines.cli import DEFAULT_DATA, parse_with_config, script_parser
+from pipelines.cli import add_run_args, parse_with_config, script_parser
 from pipelines.diffusion import train_unet
 from pipelines.errors import cli_entry
 
@@ -18,10 +18,7 @@ from pipelines.errors import cli_entry
 def main(argv=None):
     parser = script_parser(__doc__)
     parser.add_argument("--vae", required=True, help="the trained VAE folder (OUT/vae)")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder (train/ test/)")
-    parser.add_argument("--output_dir", default="outputs/ldm", help="where the pipeline is saved")
-    parser.add_argument("--resume_from_checkpoint", default=None,
-                        help="'latest' or a checkpoint folder; a fresh run if none exists")
+    add_run_args(parser, "outputs/ldm")
     parser.add_argument("--cache_dir", default=None,
                         help="latent cache folder (default OUTPUT_DIR/latent_cache)")
     args, cfg = parse_with_config(parser, "unet", argv)

@@ -9,19 +9,16 @@ Writes OUTPUT_DIR/vae (diffusers AutoencoderKL), OUTPUT_DIR/metrics.json, sample
 """
 
 from pipelines.autoencoder import train_vae
-from pipelines.cli import DEFAULT_DATA, parse_with_config, script_parser
+from pipelines.cli import add_run_args, parse_with_config, script_parser
 from pipelines.errors import cli_entry
 
 
 @cli_entry
 def main(argv=None):
     parser = script_parser(__doc__)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder (train/ test/)")
-    parser.add_argument("--output_dir", default="outputs/vae", help="where the run is written")
+    add_run_args(parser, "outputs/vae")
     parser.add_argument("--pretrained", default=None,
                         help="local diffusers AutoencoderKL folder to fine-tune (RGB is adapted)")
-    parser.add_argument("--resume_from_checkpoint", default=None,
-                        help="'latest' or a checkpoint folder; a fresh run if none exists")
     args, cfg = parse_with_config(parser, "vae", argv)
     train_vae(cfg, args.data, args.output_dir, args.pretrained, args.resume_from_checkpoint)
 

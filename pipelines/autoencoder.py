@@ -25,8 +25,8 @@ from .losses import VAETrainingModel
 from .models import PatchDiscriminator, adapt_to_greyscale, build_vae, count_parameters, load_vae
 from .plots import save_grid, to_uint8
 from .training import (
-    cosine_lr,
     make_accelerator,
+    prepare_run,
     run_training,
     save_pretrained_atomic,
     write_json,
@@ -94,14 +94,8 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     groups = [{"params": vae.parameters(), "lr": vcfg.learning_rate}]
     if disc is not None:
         groups.append({"params": disc.parameters(), "lr": vcfg.disc_learning_rate})
-    optimizer = torch.optim.AdamW(groups, betas=(vcfg.adam_beta1, vcfg.adam_beta2),
-                                  weight_decay=vcfg.adam_weight_decay)
-    lr_scheduler = cosine_lr(optimizer, vcfg, accelerator.num_processes)
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(output_dir / "config.yaml")
-        accelerator.init_trackers("vae")
+    model, optimizer, lr_scheduler = prepare_run(accelerator, model, groups, vcfg, cfg,
+                                                 output_dir, "vae")
     accelerator.print(f"VAE: {count_parameters(vae) / 1e6:.2f}M parameters, "
                       f"{accelerator.num_processes} process(es), {accelerator.mixed_precision}")
 

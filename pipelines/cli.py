@@ -30,3 +30,11 @@ def parse_with_config(parser: argparse.ArgumentParser, section: str,
     """Known flags -> args; every other ``--key value`` -> a config override (unknown = error)."""
     args, rest = parser.parse_known_args(argv)
     return args, load_config(args.config, rest, section=section)
+
+
+def add_run_args(parser: argparse.ArgumentParser, default_output: str) -> None:
+    """The flags both trainers take besides the config: data, output folder, resume."""
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder (train/ test/)")
+    parser.add_argument("--output_dir", default=default_output, help="where the run is written")
+    parser.add_argument("--resume_from_checkpoint", default=None,
+                        help="'latest' or a checkpoint folder; a fresh run if none exists")

@@ -26,7 +26,7 @@ from .losses import diffusion_loss
 from .models import build_unet, count_parameters, load_vae, vae_downsample_factor
 from .pipeline import ADNIDiffusionPipeline, make_scheduler
 from .plots import save_grid, to_uint8
-from .training import cosine_lr, make_accelerator, run_training, write_json
+from .training import make_accelerator, prepare_run, run_training, write_json
 
 
 def training_scheduler(ucfg) -> DDPMScheduler:
@@ -119,15 +119,8 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
     noise_scheduler = training_scheduler(ucfg)
     ema = EMAModel(unet.parameters(), decay=ucfg.ema_decay, use_ema_warmup=ucfg.ema_warmup,
                    model_cls=UNet2DModel, model_config=unet.config)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=ucfg.learning_rate,
-                                  betas=(ucfg.adam_beta1, ucfg.adam_beta2),
-                                  weight_decay=ucfg.adam_weight_decay)
-    lr_scheduler = cosine_lr(optimizer, ucfg, accelerator.num_processes)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(output_dir / "config.yaml")
-        accelerator.init_trackers("unet")
+    unet, optimizer, lr_scheduler = prepare_run(accelerator, unet, unet.parameters(), ucfg, cfg,
+                                                output_dir, "unet")
     accelerator.print(f"UNet: {count_parameters(unet) / 1e6:.2f}M parameters on "
                       f"{tuple(cache.mean.shape[1:])} latents, {accelerator.num_processes} "
                       f"process(es), {accelerator.mixed_precision}")

@@ -245,6 +245,24 @@ def run_training(
     return state
 
 
+def prepare_run(accelerator: Accelerator, model, param_groups, cfg, full_cfg, output_dir,
+                name: str):
+    """AdamW + warm-up/decay schedule, passed through Accelerate; the run folder and its logs.
+
+    Returns (model, optimizer, lr_scheduler), prepared.
+    """
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay)
+    lr_scheduler = cosine_lr(optimizer, cfg, accelerator.num_processes)
+    prepared = accelerator.prepare(model, optimizer, lr_scheduler)
+    if accelerator.is_main_process:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        full_cfg.save(Path(output_dir) / "config.yaml")
+        accelerator.init_trackers(name)
+    return prepared
+
+
 def cosine_lr(optimizer, cfg, num_processes: int = 1):
     """Warm-up + decay over the run; counts are in optimizer steps, as Accelerate steps it."""
     from diffusers.optimization import get_scheduler
