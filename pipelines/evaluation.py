@@ -46,7 +46,8 @@ def _set_metrics(judge, gen: torch.Tensor, gen_labels: torch.Tensor, test: Slice
     test = test.subset(torch.nonzero(torch.as_tensor(test_mask)).flatten())
     f_gen, f_test = pre["f_gen"][gen_mask], pre["f_test"][test_mask]
     f_train = pre["f_train"][train_mask]
-    precision, recall = precision_recall(f_test, f_gen, k=3)
+    # a real slice's radius skips its own patient's near-duplicate neighbouring slices
+    precision, recall = precision_recall(f_test, f_gen, k=3, real_groups=test.patients)
     predicted = judge.predict(gen)
     measure, div_gen = diversity(gen, seed=seed)
     _, div_real = diversity(test.pixels, seed=seed)
