@@ -20,6 +20,7 @@ import csv
 import json
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -198,10 +199,16 @@ def generated_agreement(gen_feats, gen_labels, real_feats, real_labels, k: int) 
 
 
 def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
-              gen_xy=None) -> dict:
-    """Every number of the report, from features and 2-D coordinates (pure: no models)."""
+              gen_xy=None, real_groups=None) -> dict:
+    """Every number of the report, from features and 2-D coordinates (pure: no models).
+
+    ``real_groups`` (patient ids): k-NN accuracy then leaves each slice's whole patient out, so
+    a slice is not classified by its own neighbouring slices.
+    """
     real_labels = np.asarray(real_labels)
     k = neighbours_for(len(real_labels))
+    if real_groups is not None:
+        k = max(1, min(k, len(real_labels) - max(Counter(real_groups).values())))
     share = {name: float(np.mean(real_labels == i)) for i, name in enumerate(CLASS_NAMES)}
     spaces = {"feature": real_feats, "map": real_xy}
     out = {
@@ -209,7 +216,9 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
         "chance": max(share.values()),
         "class_share": share,
         "silhouette": {s: silhouette(f, real_labels) for s, f in spaces.items()},
-        "knn_accuracy": {s: knn_label_accuracy(f, real_labels, k) for s, f in spaces.items()},
+        "knn_accuracy": {s: knn_label_accuracy(f, real_labels, k, groups=real_groups)
+                         for s, f in spaces.items()},
+        "knn_leaves_patient_out": real_groups is not None,
     }
     if gen_feats is not None and len(gen_feats):
         gen_labels = np.asarray(gen_labels)
@@ -422,7 +431,7 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
     xy = _timed(seconds, "embed", embed_2d, np.concatenate([feats, gen_feats]), method, seed)
     n = len(feats)
     summary = _timed(seconds, "measure", summarise, feats, real_labels, xy[:n], gen_feats,
-                     gen_labels, xy[n:])
+                     gen_labels, xy[n:], real.patients)
     record = {"method": method, "space": space, "split": split, "model": str(model_dir),
               "data": str(data_root), "seed": seed, "feature_dim": int(feats.shape[1]),
               "counts": {"real": _counts(real_labels), "generated": _counts(gen_labels)},
