@@ -23,6 +23,7 @@ from pipelines.config import load_config  # noqa: E402
 from pipelines.diffusion import training_scheduler  # noqa: E402
 from pipelines.losses import VAETrainingModel, diffusion_loss  # noqa: E402
 from pipelines.models import build_unet, build_vae, vae_downsample_factor  # noqa: E402
+from pipelines.training import cpu_has_bf16  # noqa: E402
 
 BF16_PEAK_GFLOPS = 370.0  # measured matmul peak of the dev machines (../shared/REFERENCES.md)
 
@@ -44,17 +45,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--bf16", action="store_true", help="time bf16 even where emulated")
     args = parser.parse_args()
     cfg = load_config(args.config)
     torch.manual_seed(0)
     res = cfg.data.resolution
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, config {args.config}")
+    precisions = (False, True) if cpu_has_bf16() or args.bf16 else (False,)
+    if len(precisions) == 1:
+        print("this CPU has no native bf16 (emulated, ~50x slower): bf16 runs skipped "
+              "(--bf16 forces them)")
 
     vae = build_vae(cfg.vae, res)
     model = VAETrainingModel(vae, None, cfg.vae)
     vb = cfg.vae.train_batch_size
     images = torch.rand(vb, 1, res, res) * 2 - 1
-    for bf16 in (False, True):
+    for bf16 in precisions:
         speed = timed(lambda: model(images, 0)[0], args.steps, vb, bf16)
         print(f"VAE step  {'bf16' if bf16 else 'fp32'}: {speed:7.1f} img/s (batch {vb}, {res} px)")
 
@@ -76,23 +82,36 @@ def main():
         return diffusion_loss(unet, sched, z, labels, 5.0).mean()
 
     results = {}
-    for name, fn, bf16 in (("cached bf16", cached, True), ("cached fp32", cached, False),
-                           ("naive bf16 (VAE encode per step)", naive, True),
-                           ("naive fp32 (VAE encode per step)", naive, False)):
-        results[name] = timed(fn, args.steps, ub, bf16)
-        print(f"UNet step {name:34s}: {results[name]:7.1f} img/s (batch {ub})")
-    print(f"latent cache + bf16 vs naive fp32: "
-          f"{results['cached bf16'] / results['naive fp32 (VAE encode per step)']:.2f}x")
+    runs = [("cached", cached), ("naive (VAE encode per step)", naive)]
+    for name, fn in runs:
+        for bf16 in precisions:
+            key = f"{name} {'bf16' if bf16 else 'fp32'}"
+            results[key] = timed(fn, args.steps, ub, bf16)
+            print(f"UNet step {key:34s}: {results[key]:7.1f} img/s (batch {ub})")
+    best = "bf16" if True in precisions else "fp32"
+    print(f"latent cache ({best}) vs naive fp32: "
+          f"{results[f'cached {best}'] / results['naive (VAE encode per step) fp32']:.2f}x")
+    speed = results[f"cached {best}"]
 
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         cached().backward()
     flops = counter.get_total_flops()
-    achieved = flops / ub * results["cached bf16"] / 1e9
+    achieved = flops / ub * speed / 1e9
+    a = torch.randn(1024, 1024)
+    matmul = statistics.median(_matmul_seconds(a) for _ in range(5))
+    peak = 2 * 1024**3 / matmul / 1e9
     print(f"UNet step: {flops / ub / 1e9:.2f} GFLOP per image (fwd+bwd); achieved "
-          f"{achieved:.0f} GFLOP/s = {achieved / BF16_PEAK_GFLOPS:.0%} of the "
-          f"{BF16_PEAK_GFLOPS:.0f} GFLOP/s bf16 matmul peak")
+          f"{achieved:.0f} GFLOP/s = {achieved / peak:.0%} of this machine's fp32 1024^2 matmul "
+          f"({peak:.0f} GFLOP/s; the bf16 peak of AVX512-BF16 machines is ~{BF16_PEAK_GFLOPS:.0f})")
+
+
+def _matmul_seconds(a: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    return (time.perf_counter() - t0) / 10
 
 
 if __name__ == "__main__":
