@@ -8,10 +8,10 @@ and its accuracy on generated slices says whether the class labels took.
 
 The model is a transformers ``ResNetForImageClassification`` (ResNet-10, 1.2M parameters) built
 from a config: no hub download. Measured at 64 px on the phantom set, 600 steps of 64: it reached
-67-80% test accuracy where a ConvNeXt of the same widths stayed near chance (52-56%), at about
-the same speed (~460 img/s on 2 idle cores). bf16 autocast was ~20x slower on this CPU, so
-training is fp32. The one training function, :func:`train_classifier`, also trains the
-train-on-synthetic/test-on-real (TSTR) classifier, so both follow the same recipe.
+67-80% test accuracy where a ConvNeXt of the same widths stayed near chance (52-56%); the
+ConvNeXt was at most 1.3x faster (ResNet ~460 img/s on 2 idle cores). bf16 autocast was ~20x
+slower on this CPU, so training is fp32. The one training function, :func:`train_classifier`,
+also trains the train-on-synthetic/test-on-real (TSTR) classifier: both follow one recipe.
 
 A trained judge is cached in a folder (``config.json`` + ``model.safetensors`` + ``judge.json``)
 and reused only when the data fingerprint and training settings match::
