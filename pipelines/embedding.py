@@ -45,7 +45,8 @@ UMAP_NEIGHBOURS, UMAP_MIN_DIST, TSNE_PERPLEXITY = 15, 0.1, 30.0
 ENCODE_BATCH = 32  # measured on 2 CPU cores at 64 px: 16-32 beat 128 (cache-sized activations)
 
 # interpretation rules (see interpret): thresholds on the numbers, each a named constant
-SEPARATION_WORDS = ((0.5, "clearly"), (0.15, "partly"), (-np.inf, "barely"))  # on chance-lift
+SEPARATION_WORDS = ((0.5, "clearly"), (0.15, "partly"), (0.0, "barely"),
+                    (-np.inf, "no better than chance"))  # on chance-lift
 CLUSTER_WORDS = ((0.25, "form distinct clusters"), (0.05, "form overlapping clusters"),
                  (-np.inf, "do not form separate clusters"))  # on silhouette
 MAP_TOLERANCE = 0.05  # 2-D vs feature-space k-NN accuracy within this = "keeps"
@@ -244,7 +245,9 @@ def _separation(summary: dict, space: str) -> str:
     lift = (acc - chance) / (1 - chance)
     return (f"In the {space} space, {summary['k']}-NN label accuracy of real slices is {fmt(acc)} "
             f"against a chance level of {fmt(chance)} (the majority class): the classes separate "
-            f"{_word(lift, SEPARATION_WORDS)}.")
+            f"{_word(lift, SEPARATION_WORDS)}"
+            + (", each slice judged with its own patient left out." if summary.get(
+                "knn_leaves_patient_out") else "."))
 
 
 def _clusters(summary: dict) -> str:
