@@ -33,8 +33,9 @@ def main(argv=None):
                         help="local torch-fidelity Inception weights for ImageNet FID (optional)")
     args = parser.parse_args(argv)
     cfg = saved_config(args.model)
-    num_images = args.num_images or cfg.eval.num_images
-    steps = args.num_inference_steps or cfg.sample.num_inference_steps
+    num_images = cfg.eval.num_images if args.num_images is None else args.num_images
+    steps = (cfg.sample.num_inference_steps if args.num_inference_steps is None
+             else args.num_inference_steps)
     guidance = cfg.sample.guidance_scale if args.guidance_scale is None else args.guidance_scale
     check_positive(num_images=num_images, num_inference_steps=steps)
     if guidance < 1:

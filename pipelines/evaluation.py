@@ -9,6 +9,7 @@ the real training split; see docs/RESULTS.md for what each number means.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,11 @@ def _set_metrics(judge, gen: torch.Tensor, gen_labels: torch.Tensor, test: Slice
     test = test.subset(torch.nonzero(torch.as_tensor(test_mask)).flatten())
     f_gen, f_test = pre["f_gen"][gen_mask], pre["f_test"][test_mask]
     f_train = pre["f_train"][train_mask]
-    # a real slice's radius skips its own patient's near-duplicate neighbouring slices
-    precision, recall = precision_recall(f_test, f_gen, k=3, real_groups=test.patients)
+    # a real slice's radius skips its own patient's near-duplicate neighbouring slices;
+    # k = 3 (Kynkaanniemi et al.), fewer only when a tiny set has fewer neighbours to offer
+    largest_patient = max(Counter(test.patients).values())
+    k = max(1, min(3, len(f_gen) - 1, len(f_test) - largest_patient))
+    precision, recall = precision_recall(f_test, f_gen, k=k, real_groups=test.patients)
     predicted = judge.predict(gen)
     measure, div_gen = diversity(gen, seed=seed)
     _, div_real = diversity(test.pixels, seed=seed)
@@ -60,7 +64,7 @@ def _set_metrics(judge, gen: torch.Tensor, gen_labels: torch.Tensor, test: Slice
     return {
         "fd": {"gen_vs_test": frechet_distance(f_gen, f_test),
                "train_vs_test": frechet_distance(f_train, f_test)},
-        "precision": precision, "recall": recall, "judge_acc": acc,
+        "precision": precision, "recall": recall, "pr_k": k, "judge_acc": acc,
         "diversity": {"measure": measure, "gen": div_gen, "real": div_real},
         "memorisation": {"gen_nn_ssim_median": float(nn_gen.median()),
                          "test_nn_ssim_median": float(nn_test.median()),
