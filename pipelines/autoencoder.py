@@ -19,7 +19,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from .config import Config
-from .data import CLASS_NAMES, SliceSet, load_train_val, random_flip
+from .data import CLASS_NAMES, load_train_val, random_flip
 from .errors import UserError
 from .losses import VAETrainingModel
 from .models import PatchDiscriminator, adapt_to_greyscale, build_vae, count_parameters, load_vae
@@ -157,5 +157,3 @@ def _spread(n: int, k: int) -> list[int]:
     k = min(k, n)
     return np.linspace(0, n - 1, k).round().astype(int).tolist() if k > 0 else []
 
-
-__all__ = ["train_vae", "reconstruct", "reconstruction_metrics", "SliceSet"]

@@ -230,16 +230,6 @@ def _slice_table(files: list[SliceFile]):
     return table.cast_column("image", datasets.Image())
 
 
-def decode_slice(path: str | Path) -> tuple[np.ndarray, str | None]:
-    """Read one file as (H, W) uint8 grey; raises ValueError if it is corrupt or unreadable."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_uint8_grey(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(str(err) or type(err).__name__) from None
-
-
 def load_split(
     root: str | Path,
     split: str,
