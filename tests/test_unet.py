@@ -116,10 +116,15 @@ def test_sample_cli_writes_pngs_grid_and_sidecar(tiny_model, tmp_path):
     assert record["seed"] == 5 and record["num_inference_steps"] == 2
     assert record["scheduler"] == "dpmsolver++" and "AD" in record["labels"]
     first = np.asarray(Image.open(files[0]))
-    run_script("sample.py", "--model", tiny_model, "--label", "AD", "--num_images", "1",
+    run_script("sample.py", "--model", tiny_model, "--label", "AD", "--num_images", "3",
                "--seed", "5", "--num_inference_steps", "2", "--out", tmp_path / "again")
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "AD" / "AD_0000.png")),
-                          first)
+    again = np.asarray(Image.open(tmp_path / "again" / "AD" / "AD_0000.png"))
+    assert np.array_equal(again, first)  # same command, same seed: the same images
+    run_script("sample.py", "--model", tiny_model, "--label", "AD", "--num_images", "1",
+               "--seed", "5", "--num_inference_steps", "2", "--out", tmp_path / "one")
+    alone = np.asarray(Image.open(tmp_path / "one" / "AD" / "AD_0000.png")).astype(int)
+    # per-image seeds: a different batch changes only float rounding (oneDNN kernels)
+    assert np.abs(alone - first.astype(int)).max() <= 2
 
 
 @pytest.mark.parametrize("args, message", [
