@@ -1,0 +1,69 @@
+"""Cost of the two ways to condition the UNet on the label, at the demo config's widths.
+
+    python bench/bench_conditioning.py [--config configs/demo.yaml] [--steps 4]
+
+class_embed: UNet2DModel(num_class_embeds=3), the label embedding added to the time embedding.
+cross_attention: UNet2DConditionModel with the label as one context token (CompVis-style), the
+same widths and attention levels (cross-attention blocks where the class-embed UNet has
+self-attention, as diffusers' conditional blocks pair the two). Prints parameters, GFLOP per
+image and training img/s (median of --steps, fp32).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.config import load_config  # noqa: E402
+from pipelines.models import build_unet  # noqa: E402
+
+
+def cross_attention_unet(cfg, channels: int, size: int) -> UNet2DConditionModel:
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
+    return UNet2DConditionModel(
+        sample_size=size, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        down_block_types=down, up_block_types=up, cross_attention_dim=cfg.block_out_channels[-1],
+        attention_head_dim=cfg.attention_head_dim, norm_num_groups=32)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    ch, size, batch = cfg.vae.latent_channels, cfg.data.resolution // 4, cfg.unet.train_batch_size
+    torch.manual_seed(0)
+    x, t = torch.randn(batch, ch, size, size), torch.randint(0, 1000, (batch,))
+    labels = torch.randint(0, 3, (batch,))
+    embed = torch.nn.Embedding(3, cfg.unet.block_out_channels[-1])
+    models = {
+        "class_embed": (build_unet(cfg.unet, ch, size),
+                        lambda m: m(x, t, class_labels=labels).sample),
+        "cross_attention": (cross_attention_unet(cfg.unet, ch, size),
+                            lambda m: m(x, t, encoder_hidden_states=embed(labels)[:, None]).sample),
+    }
+    for name, (model, forward) in models.items():
+        with FlopCounterMode(display=False) as counter:
+            forward(model).pow(2).mean().backward()
+        times = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            forward(model).pow(2).mean().backward()
+            times.append(time.perf_counter() - t0)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"{name:16s} {params:5.1f}M params, {counter.get_total_flops() / batch / 1e9:.2f} "
+              f"GFLOP/img, {batch / statistics.median(times):6.1f} img/s (batch {batch}, fp32)")
+
+
+if __name__ == "__main__":
+    main()
