@@ -8,10 +8,9 @@ generates --num_images slices per label and writes OUT/metrics.json, OUT/metrics
 and OUT/closest_pairs.png (the generated slices nearest to a training slice, beside it).
 """
 
-import torch
-
 from pipelines.cli import DEFAULT_DATA, DEFAULT_MODEL, script_parser
 from pipelines.config import check_positive
+from pipelines.data import to_pixels
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
 from pipelines.sampling import generate, load_pipeline, saved_config
@@ -52,7 +51,7 @@ def main(argv=None):
         images = generate(pipe, label, n, seed=args.seed, batch_size=cfg.sample.batch_size,
                           guidance_scale=guidance, num_inference_steps=steps,
                           output_type="square")
-        return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return to_pixels(images)
 
     out = args.out or f"{args.model}/eval"
     metrics = evaluate_generator(sample_fn, args.data, cfg.data.resolution, cfg.eval,

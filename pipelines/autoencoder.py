@@ -19,7 +19,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from .config import Config
-from .data import CLASS_NAMES, load_train_val, random_flip
+from .data import CLASS_NAMES, load_train_val, random_flip, to_unit_range
 from .errors import UserError
 from .losses import VAETrainingModel
 from .models import PatchDiscriminator, adapt_to_greyscale, build_vae, count_parameters, load_vae
@@ -104,7 +104,7 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     val_images = val_set.subset(_spread(len(val_set), 8)).as_float()
 
     def get_batch(indices):
-        batch = train_pixels[indices].float() / 127.5 - 1.0
+        batch = to_unit_range(train_pixels[indices])
         if cfg.data.flip:
             batch = random_flip(batch, flip_gen)
         return batch.to(accelerator.device)

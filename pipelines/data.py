@@ -12,6 +12,7 @@ Validate a folder before training on it::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -97,6 +98,16 @@ def to_uint8_grey(image: Image.Image) -> tuple[np.ndarray, str | None]:
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return arr, f"mode {image.mode} scaled to 8-bit greyscale"
     return np.asarray(image.convert("L")), f"mode {image.mode} converted to greyscale (L)"
+
+
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (0..255) -> float in [-1, 1], the range every network here works in."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] -> uint8 pixels, same shape (the inverse of to_unit_range)."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- scanning
@@ -201,7 +212,15 @@ class SliceSet:
 
     def as_float(self) -> torch.Tensor:
         """Pixels in [-1, 1], the range the VAE works in."""
-        return self.pixels.float() / 127.5 - 1.0
+        return to_unit_range(self.pixels)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of pixels, labels, patients and resolution: what a cache must be keyed by."""
+        digest = hashlib.sha256(str(self.resolution).encode())
+        digest.update(self.pixels.contiguous().numpy().tobytes())
+        digest.update(self.labels.numpy().astype(np.int64).tobytes())
+        digest.update("\n".join(self.patients).encode())
+        return digest.hexdigest()
 
     def summary(self) -> str:
         counts = Counter(self.labels.tolist())

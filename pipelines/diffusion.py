@@ -110,9 +110,8 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
                           f"{cfg.data.resolution} px")
     train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process)
     accelerator.print(f"train: {train_set.summary()}")
-    cache = build_latent_cache(vae, train_set, data_root,
-                               cache_dir or output_dir / "latent_cache", cfg.data.flip,
-                               accelerator)
+    cache = build_latent_cache(vae, train_set, cache_dir or output_dir / "latent_cache",
+                               cfg.data.flip, accelerator)
     scaling = float(vae.config.scaling_factor)
     latent_size = cfg.data.resolution // vae_downsample_factor(vae)
     unet = build_unet(ucfg, vae.config.latent_channels, latent_size)

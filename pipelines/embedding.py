@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .config import Config
 from .data import CLASS_NAMES, load_split
 from .errors import UserError
 from .judge import judge_for
+from .latents import encode_posterior
 from .metrics import knn_label_accuracy, knn_label_agreement, silhouette
 from .pipeline import make_scheduler
 from .plots import to_uint8
@@ -97,21 +97,11 @@ def model_resolution(pipe, model_dir) -> int:
     return int(pipe.vae.config.sample_size)
 
 
-@torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor, batch_size: int = ENCODE_BATCH,
                    progress: bool = True) -> np.ndarray:
-    """(N, 1, R, R) uint8 -> (N, C*h*w) float32 scaled posterior means, in batches.
-
-    Puts the VAE's weights in channels-last layout (in place; same results to 1e-6): measured
-    1.5x faster encoding on 2 CPU cores at 64 px.
-    """
-    vae = vae.to(memory_format=torch.channels_last)
-    scale = vae.config.scaling_factor
-    out = []
-    for chunk in tqdm(pixels.split(batch_size), desc="encode", disable=not progress, leave=False):
-        images = chunk.float().div(127.5).sub(1).to(vae.device, vae.dtype)
-        out.append((vae.encode(images).latent_dist.mean * scale).flatten(1).float().cpu())
-    return torch.cat(out).numpy()
+    """(N, 1, R, R) uint8 -> (N, C*h*w) float32 scaled posterior means, as the pipeline scales."""
+    mean, _ = encode_posterior(vae, pixels, batch_size, progress=progress)
+    return (mean * vae.config.scaling_factor).flatten(1).numpy()
 
 
 def real_features(space: str, pipe, pixels: torch.Tensor, judge, progress: bool) -> np.ndarray:

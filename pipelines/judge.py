@@ -23,7 +23,6 @@ and reused only when the data fingerprint and training settings match::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from transformers import ResNetConfig
 from transformers import ResNetForImageClassification as JudgeModel
 
 from .config import EvalConfig
-from .data import CLASS_NAMES, SliceSet, patient_split, random_flip
+from .data import CLASS_NAMES, SliceSet, patient_split, random_flip, to_unit_range
 
 JUDGE_FILE, CONFIG_FILE, WEIGHTS_FILE = "judge.json", "config.json", "model.safetensors"
 HIDDEN_SIZES = [32, 64, 128, 256]  # the last one is the feature dimension
@@ -65,7 +64,7 @@ def model_input(pixels) -> torch.Tensor:
     if pixels.ndim != 4 or pixels.shape[1] != 1:
         raise ValueError(f"pixels must be (N, 1, R, R), got shape {tuple(pixels.shape)}")
     if pixels.dtype == torch.uint8:
-        return pixels.float() / 127.5 - 1.0
+        return to_unit_range(pixels)
     return pixels.float().clamp(-1.0, 1.0)
 
 
@@ -218,13 +217,8 @@ class Judge:
 
 
 def data_fingerprint(slice_set: SliceSet) -> str:
-    """SHA-256 of the pixels, labels, patients and resolution: any change retrains the judge."""
-    digest = hashlib.sha256()
-    digest.update(str(slice_set.resolution).encode())
-    digest.update(slice_set.pixels.contiguous().numpy().tobytes())
-    digest.update(slice_set.labels.numpy().astype(np.int64).tobytes())
-    digest.update("\n".join(slice_set.patients).encode())
-    return digest.hexdigest()
+    """Any change of the training slices retrains the judge (see SliceSet.fingerprint)."""
+    return slice_set.fingerprint()
 
 
 def _cache_meta(train: SliceSet, settings: TrainSettings, val_fraction: float) -> dict:

@@ -1,8 +1,8 @@
 """The latent cache: the frozen VAE encodes the training slices once, never per training step.
 
-The cache key hashes the VAE's config and weights and the list of decoded files with their
-sizes and times, so a changed VAE or data set is never served stale latents. It stores the
-posterior mean and std (training samples ``mean + std * eps``), and the encodings of the
+The cache key hashes the VAE's config and weights and the decoded slices themselves
+(``SliceSet.fingerprint``), so a changed VAE or data set is never served stale latents. It
+stores the posterior mean and std (training samples ``mean + std * eps``), and the encodings of the
 mirrored slices when flip augmentation is on. Files are safetensors (no pickle); the main
 process writes them to a temporary name and renames, the others wait and read.
 """
@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data import SliceSet
+from .data import SliceSet, to_unit_range
 
 
 def vae_fingerprint(vae) -> str:
@@ -27,15 +27,6 @@ def vae_fingerprint(vae) -> str:
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def data_fingerprint(slices: SliceSet, root: str | Path) -> str:
-    digest = hashlib.sha256(str(slices.resolution).encode())
-    root = Path(root)
-    for rel in slices.files:
-        st = (root / rel).stat()
-        digest.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -64,29 +55,36 @@ class LatentCache:
 
 
 @torch.no_grad()
-def _encode(vae, images: torch.Tensor, batch_size: int, desc: str, progress: bool):
+def encode_posterior(vae, pixels: torch.Tensor, batch_size: int = 32, desc: str = "encode",
+                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, R, R) uint8 -> the VAE posterior's unscaled (mean, std), in batches.
+
+    Puts the VAE's weights in channels-last layout (in place; same results to 1e-6): measured
+    1.5x faster encoding on 2 CPU cores at 64 px, where batches of 32 beat 128.
+    """
+    vae = vae.to(memory_format=torch.channels_last)
     means, stds = [], []
-    for chunk in tqdm(images.split(batch_size), desc=desc, disable=not progress, leave=False):
-        dist = vae.encode(chunk.float().div(127.5).sub(1).to(vae.device, vae.dtype)).latent_dist
+    for chunk in tqdm(pixels.split(batch_size), desc=desc, disable=not progress, leave=False):
+        dist = vae.encode(to_unit_range(chunk).to(vae.device, vae.dtype)).latent_dist
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
     return torch.cat(means), torch.cat(stds)
 
 
-def build_latent_cache(vae, slices: SliceSet, root, cache_dir: str | Path, flip: bool,
-                       accelerator=None, batch_size: int = 64) -> LatentCache:
+def build_latent_cache(vae, slices: SliceSet, cache_dir: str | Path, flip: bool,
+                       accelerator=None, batch_size: int = 32) -> LatentCache:
     """Load the cache for (VAE, data, flip) or encode and write it (main process only)."""
-    key = f"{vae_fingerprint(vae)}-{data_fingerprint(slices, root)}-{'flip' if flip else 'noflip'}"
+    key = f"{vae_fingerprint(vae)}-{slices.fingerprint()[:16]}-{'flip' if flip else 'noflip'}"
     path = Path(cache_dir) / f"latents-{key}.safetensors"
     is_main = accelerator is None or accelerator.is_main_process
     if is_main and not path.is_file():
         vae.eval()
         tensors = {"labels": slices.labels.clone()}
-        tensors["mean"], tensors["std"] = _encode(vae, slices.pixels, batch_size,
-                                                  "encode latents", True)
+        tensors["mean"], tensors["std"] = encode_posterior(vae, slices.pixels, batch_size,
+                                                           "encode latents")
         if flip:
-            tensors["flip_mean"], tensors["flip_std"] = _encode(
-                vae, slices.pixels.flip(-1), batch_size, "encode mirrored", True)
+            tensors["flip_mean"], tensors["flip_std"] = encode_posterior(
+                vae, slices.pixels.flip(-1), batch_size, "encode mirrored")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),

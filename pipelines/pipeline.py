@@ -20,7 +20,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .data import CLASS_NAMES, NATIVE_SIZE, to_native
+from .data import CLASS_NAMES, NATIVE_SIZE, to_native, to_pixels
 from .errors import UserError
 
 SCHEDULERS = {
@@ -143,6 +143,6 @@ class ADNIDiffusionPipeline(DiffusionPipeline):
 
     def to_native(self, images: torch.Tensor) -> np.ndarray:
         """(N, 1, R, R) float in [-1, 1] -> (N, H, W) uint8 at the native slice size."""
-        pixels = ((images.squeeze(1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        pixels = to_pixels(images.squeeze(1)).numpy()
         size = tuple(self.config.native_size)
         return np.stack([to_native(p, size) for p in pixels])

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data import to_pixels
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, 1, H, W) float in [-1, 1] -> (N, H, W) uint8."""
-    images = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return images.to(torch.uint8).squeeze(1).cpu().numpy()
+    return to_pixels(images).squeeze(1).cpu().numpy()
 
 
 def grid(images: np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:

@@ -90,17 +90,17 @@ def test_diffusion_loss_decreases_on_one_batch(prediction_type):
 def test_latent_cache_is_keyed_by_vae_and_data(tiny_vae_run, tiny_data, tmp_path):
     vae = load_vae(tiny_vae_run / "vae")
     slices = load_split(tiny_data, "train", 32, progress=False)
-    a = build_latent_cache(vae, slices, tiny_data, tmp_path, flip=True)
-    again = build_latent_cache(vae, slices, tiny_data, tmp_path, flip=True)
+    a = build_latent_cache(vae, slices, tmp_path, flip=True)
+    again = build_latent_cache(vae, slices, tmp_path, flip=True)
     assert a.key == again.key and len(list(tmp_path.glob("*.safetensors"))) == 1
     assert a.mean.shape == (len(slices), 2, 16, 16) and a.flip_mean is not None
     with torch.no_grad():
         vae.decoder.conv_out.bias.add_(0.1)
         vae.encoder.conv_in.bias.add_(0.1)
-    changed = build_latent_cache(vae, slices, tiny_data, tmp_path, flip=True)
+    changed = build_latent_cache(vae, slices, tmp_path, flip=True)
     assert changed.key != a.key and not torch.equal(changed.mean, a.mean)
     subset = slices.subset(range(len(slices) - 1))
-    assert build_latent_cache(vae, subset, tiny_data, tmp_path, flip=True).key != changed.key
+    assert build_latent_cache(vae, subset, tmp_path, flip=True).key != changed.key
     samples = a.sample(torch.arange(4), 2.0, torch.Generator().manual_seed(0))
     assert samples.shape == (4, 2, 16, 16)
 
