@@ -1,4 +1,5 @@
-"""ADNI AD/NC class-conditioned latent diffusion: data, models, training loop, pipeline, metrics.
+"""ADNI AD/NC class-conditioned latent diffusion (and its StyleGAN2 baseline): data, models,
+training loop, pipelines, metrics.
 
 Names load on first use: `python -m pipelines.data` then runs its module only once.
 """
@@ -8,11 +9,13 @@ _LAZY = {
     "LABEL_IDS": "data",
     "NULL_LABEL": "data",
     "ADNIDiffusionPipeline": "pipeline",
+    "StyleGAN2Pipeline": "pipeline",
     "load_config": "config",
     "Config": "config",
     "load_split": "data",
     "train_vae": "autoencoder",
     "train_unet": "diffusion",
+    "train_stylegan2": "gan",
 }
 
 

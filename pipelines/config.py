@@ -89,6 +89,36 @@ class UNetConfig(TrainConfig):
 
 
 @dataclass
+class StyleGAN2Config(TrainConfig):
+    """The seed's baseline (train_stylegan2.py); defaults follow stylegan2-ada's config F."""
+
+    z_dim: int = 128
+    w_dim: int = 128
+    mapping_layers: int = 8
+    mapping_lr_mul: float = 0.01
+    channel_base: int = 4096  # channels at resolution r: min(channel_base // r, channel_max)
+    channel_max: int = 256
+    learning_rate: float = 2.5e-3  # generator and discriminator alike
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.99
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 0.0  # GANs are not clipped
+    r1_gamma: float = 0.05  # ada's heuristic: 2e-4 * resolution**2 / batch
+    r1_interval: int = 16  # lazy regularisation: R1 every N steps, scaled by N
+    pl_weight: float = 2.0  # path length regularisation; 0 disables it
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    style_mixing_prob: float = 0.9
+    w_avg_beta: float = 0.995  # running per-label mean of w, for truncation
+    augment: str = "color,translation,cutout"  # DiffAugment policy ('' = none)
+    ema_decay: float = 0.998
+    ema_warmup: bool = True
+    num_validation_images: int = 4  # per label in the grid every validation_steps
+
+
+@dataclass
 class SampleConfig:
     guidance_scale: float = 2.0
     num_inference_steps: int = 20
@@ -113,6 +143,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
+    stylegan2: StyleGAN2Config = field(default_factory=StyleGAN2Config)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

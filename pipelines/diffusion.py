@@ -6,17 +6,13 @@ scheduler/), a model card README.md, metrics.json, config.yaml, samples/ grids a
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
+from diffusers import DDPMScheduler
 
 from .config import Config
 from .data import CLASS_NAMES, NULL_LABEL, load_train_val
@@ -24,9 +20,9 @@ from .errors import UserError
 from .latents import build_latent_cache
 from .losses import diffusion_loss
 from .models import build_unet, count_parameters, load_vae, vae_downsample_factor
-from .pipeline import ADNIDiffusionPipeline, make_scheduler
+from .pipeline import ADNIDiffusionPipeline, make_scheduler, save_pipeline
 from .plots import save_grid, to_uint8
-from .training import make_accelerator, prepare_run, run_training, write_json
+from .training import EMAWeights, make_accelerator, prepare_run, run_training, write_json
 
 
 def training_scheduler(ucfg) -> DDPMScheduler:
@@ -48,21 +44,6 @@ def drop_labels(class_labels: torch.Tensor, prob: float, generator=None) -> torc
 def build_pipeline(vae, unet, noise_scheduler, scheduler_name: str = "dpmsolver++"):
     return ADNIDiffusionPipeline(vae=vae, unet=unet,
                                  scheduler=make_scheduler(scheduler_name, noise_scheduler.config))
-
-
-def save_pipeline(pipe, output_dir: Path, card: str) -> None:
-    """save_pretrained into a temporary folder, then swap each component in (model index last)."""
-    tmp = output_dir / ".pipeline.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "README.md").write_text(card)
-    for name in ("vae", "unet", "scheduler"):
-        if (output_dir / name).exists():
-            shutil.rmtree(output_dir / name)
-        os.replace(tmp / name, output_dir / name)
-    os.replace(tmp / "README.md", output_dir / "README.md")
-    os.replace(tmp / "model_index.json", output_dir / "model_index.json")
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def model_card(cfg: Config, data_root, metrics: dict) -> str:
@@ -116,8 +97,7 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
     latent_size = cfg.data.resolution // vae_downsample_factor(vae)
     unet = build_unet(ucfg, vae.config.latent_channels, latent_size)
     noise_scheduler = training_scheduler(ucfg)
-    ema = EMAModel(unet.parameters(), decay=ucfg.ema_decay, use_ema_warmup=ucfg.ema_warmup,
-                   model_cls=UNet2DModel, model_config=unet.config)
+    ema = EMAWeights(unet, ucfg.ema_decay, ucfg.ema_warmup)
     unet, optimizer, lr_scheduler = prepare_run(accelerator, unet, unet.parameters(), ucfg, cfg,
                                                 output_dir, "unet")
     accelerator.print(f"UNet: {count_parameters(unet) / 1e6:.2f}M parameters on "
@@ -136,9 +116,7 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
         return loss, {"loss": loss.detach()}
 
     def ema_unet():
-        model = copy.deepcopy(accelerator.unwrap_model(unet)).float().eval()
-        ema.copy_to(model.parameters())
-        return model
+        return ema.copy(accelerator.unwrap_model(unet))
 
     def on_validation(step):
         pipe = build_pipeline(vae, ema_unet(), noise_scheduler).to(accelerator.device)
@@ -150,18 +128,11 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
                       generator=torch.Generator().manual_seed(0), output_type="square").images
         save_grid(to_uint8(images), output_dir / "samples" / f"step-{step:06d}.png", nrow=n)
 
-    def save_ema(path: Path):
-        ema.save_pretrained(path / "ema")
-
-    def load_ema(path: Path):
-        ema.load_state_dict(EMAModel.from_pretrained(path / "ema", UNet2DModel).state_dict())
-
     t0 = time.time()
     state = run_training(accelerator=accelerator, model=unet, optimizer=optimizer,
                          lr_scheduler=lr_scheduler, loss_fn=loss_fn, get_batch=get_batch,
                          num_examples=len(cache), cfg=ucfg, output_dir=output_dir, resume=resume,
-                         ema=ema, on_validation=on_validation, save_extra=save_ema,
-                         load_extra=load_ema, desc="unet")
+                         ema=ema, on_validation=on_validation, desc="unet")
     metrics = {}
     if accelerator.is_main_process:
         elapsed = time.time() - t0

@@ -32,9 +32,8 @@ from .errors import UserError
 from .judge import judge_for
 from .latents import encode_posterior
 from .metrics import knn_label_accuracy, knn_label_agreement, silhouette
-from .pipeline import make_scheduler
 from .plots import to_uint8
-from .sampling import generate, load_pipeline, saved_config
+from .sampling import generate, load_pipeline, saved_config, use_scheduler
 
 METHODS = {"umap": "UMAP", "tsne": "t-SNE"}  # --method -> name on the axes
 SPACES = ("latent", "judge")
@@ -91,10 +90,10 @@ def check_real(labels: np.ndarray) -> None:
 
 
 def model_resolution(pipe, model_dir) -> int:
-    """The side the model was trained at: its saved config, else the VAE's sample_size."""
+    """The side the model was trained at: its saved config, else the pipeline's own."""
     if (Path(model_dir) / "config.yaml").is_file():
         return saved_config(model_dir).data.resolution
-    return int(pipe.vae.config.sample_size)
+    return pipe.resolution
 
 
 def encode_latents(vae, pixels: torch.Tensor, batch_size: int = ENCODE_BATCH,
@@ -405,7 +404,10 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
     max_images = cfg.eval.max_real_images if max_images is None else max_images
     check_options(method, space, with_generated, max_images)
     pipe = load_pipeline(model_dir, device)
-    pipe.scheduler = make_scheduler(cfg.sample.scheduler, pipe.scheduler.config)
+    if space == "latent" and not hasattr(pipe, "vae"):
+        raise UserError(f"{model_dir} is a {type(pipe).__name__}: it has no VAE latent space; "
+                        "use --space judge")
+    use_scheduler(pipe, cfg.sample.scheduler)
     resolution = model_resolution(pipe, model_dir)
     real = load_split(data_root, split, resolution, cfg.data.skip_corrupt, progress, max_images)
     real_labels = real.labels.numpy()

@@ -1,4 +1,5 @@
-"""The class-conditioned latent diffusion pipeline: VAE + UNet + scheduler, as a diffusers folder.
+"""The generators as diffusers pipelines: the class-conditioned latent diffusion model (VAE + UNet
++ scheduler) and the StyleGAN2 baseline, each saved and loaded as a normal diffusers folder.
 
 >>> from pipelines import ADNIDiffusionPipeline
 >>> pipe = ADNIDiffusionPipeline.from_pretrained("outputs/demo/model")
@@ -6,6 +7,10 @@
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +25,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from . import stylegan2  # noqa: F401  diffusers loads a saved generator only from an imported module
 from .data import CLASS_NAMES, NATIVE_SIZE, to_native, to_pixels
 from .errors import UserError
 
@@ -39,7 +45,45 @@ def make_scheduler(name: str, config):
     return cls.from_config(config, **extra)
 
 
-class ADNIDiffusionPipeline(DiffusionPipeline):
+class SlicePipeline(DiffusionPipeline):
+    """What every generator of labelled slices shares: label names <-> ids, the native crop."""
+
+    @property
+    def resolution(self) -> int:
+        """Side of the square images the model makes (before the crop to the native size)."""
+        raise NotImplementedError
+
+    def label_ids(self, labels) -> list[int]:
+        names = [n.upper() for n in self.config.class_names]
+        ids = []
+        for label in labels:
+            if isinstance(label, str) and label.upper() in names:
+                ids.append(names.index(label.upper()))
+            elif isinstance(label, (int, np.integer)) and 0 <= int(label) < len(names):
+                ids.append(int(label))
+            else:
+                raise UserError(f"unknown label {label!r}; this model knows "
+                                f"{', '.join(self.config.class_names)} (ids 0..{len(names) - 1})")
+        return ids
+
+    def to_native(self, images: torch.Tensor) -> np.ndarray:
+        """(N, 1, R, R) float in [-1, 1] -> (N, H, W) uint8 at the native slice size."""
+        pixels = to_pixels(images.squeeze(1)).numpy()
+        size = tuple(self.config.native_size)
+        return np.stack([to_native(p, size) for p in pixels])
+
+    def format_output(self, images: torch.Tensor, output_type: str):
+        """Square float images -> "square" as is, "np" native uint8, "pil" native PIL images."""
+        if output_type == "square":
+            return images
+        if output_type not in ("np", "pil"):
+            raise UserError(f"unknown output_type {output_type!r}; use pil, np or square")
+        images = self.to_native(images)
+        return [Image.fromarray(img, mode="L") for img in images] if output_type == "pil" \
+            else images
+
+
+class ADNIDiffusionPipeline(SlicePipeline):
     """Generate AD / NC brain slices with classifier-free guidance.
 
     Args:
@@ -61,18 +105,9 @@ class ADNIDiffusionPipeline(DiffusionPipeline):
     def null_label(self) -> int:
         return len(self.config.class_names)
 
-    def label_ids(self, labels) -> list[int]:
-        names = [n.upper() for n in self.config.class_names]
-        ids = []
-        for label in labels:
-            if isinstance(label, str) and label.upper() in names:
-                ids.append(names.index(label.upper()))
-            elif isinstance(label, (int, np.integer)) and 0 <= int(label) < len(names):
-                ids.append(int(label))
-            else:
-                raise UserError(f"unknown label {label!r}; this model knows "
-                                f"{', '.join(self.config.class_names)} (ids 0..{len(names) - 1})")
-        return ids
+    @property
+    def resolution(self) -> int:
+        return int(self.vae.config.sample_size)
 
     @torch.no_grad()
     def __call__(
@@ -123,14 +158,8 @@ class ADNIDiffusionPipeline(DiffusionPipeline):
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(out, t, latents, generator=generator).prev_sample
-        if output_type == "latent":
-            images = latents
-        else:
-            images = self.decode_latents(latents)
-            if output_type != "square":
-                images = self.to_native(images)
-                if output_type == "pil":
-                    images = [Image.fromarray(img, mode="L") for img in images]
+        images = latents if output_type == "latent" else \
+            self.format_output(self.decode_latents(latents), output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
@@ -141,8 +170,66 @@ class ADNIDiffusionPipeline(DiffusionPipeline):
                 for chunk in latents.split(batch_size)]
         return torch.cat(outs).cpu()
 
-    def to_native(self, images: torch.Tensor) -> np.ndarray:
-        """(N, 1, R, R) float in [-1, 1] -> (N, H, W) uint8 at the native slice size."""
-        pixels = to_pixels(images.squeeze(1)).numpy()
-        size = tuple(self.config.native_size)
-        return np.stack([to_native(p, size) for p in pixels])
+
+class StyleGAN2Pipeline(SlicePipeline):
+    """Generate AD / NC brain slices with the label-conditioned StyleGAN2 baseline.
+
+    Args:
+        generator: a :class:`pipelines.stylegan2.StyleGAN2Generator` (EMA weights).
+        class_names, native_size: as for :class:`ADNIDiffusionPipeline`.
+    """
+
+    def __init__(self, generator, class_names=CLASS_NAMES, native_size=NATIVE_SIZE):
+        super().__init__()
+        self.register_modules(generator=generator)
+        self.register_to_config(class_names=list(class_names), native_size=list(native_size))
+
+    @property
+    def resolution(self) -> int:
+        return int(self.generator.config.resolution)
+
+    @torch.no_grad()
+    def __call__(self, labels, num_images_per_label: int = 1, truncation_psi: float = 1.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 output_type: str = "pil", return_dict: bool = True, guidance_scale=None,
+                 num_inference_steps=None):
+        """Sample ``num_images_per_label`` slices for each label in one generator pass.
+
+        ``truncation_psi`` < 1 pulls each style towards its label's mean w. ``guidance_scale``
+        and ``num_inference_steps`` belong to diffusion models: accepted so one sampling loop
+        drives both kinds of pipeline, and ignored (a GAN has neither).
+        """
+        if isinstance(labels, (str, int)):
+            labels = [labels]
+        if num_images_per_label < 1:
+            raise UserError("num_images_per_label must be >= 1")
+        ids = [i for i in self.label_ids(labels) for _ in range(num_images_per_label)]
+        gen_model = self.generator
+        z = randn_tensor((len(ids), gen_model.config.z_dim), generator=generator,
+                         device=self.device, dtype=gen_model.dtype)
+        images = gen_model(z, torch.tensor(ids, device=self.device), truncation_psi,
+                           noise_generator=generator).float().clamp(-1, 1).cpu()
+        images = self.format_output(images, output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+PIPELINES = {cls.__name__: cls for cls in (ADNIDiffusionPipeline, StyleGAN2Pipeline)}
+
+
+def save_pipeline(pipe: DiffusionPipeline, output_dir: str | Path, card: str) -> None:
+    """save_pretrained into a temporary folder, then swap each component in (model index last).
+
+    A kill at any moment leaves each component folder either the old or the new one complete.
+    """
+    output_dir = Path(output_dir)
+    tmp = output_dir / ".pipeline.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "README.md").write_text(card)
+    for name in pipe.components:
+        if (output_dir / name).exists():
+            shutil.rmtree(output_dir / name)
+        os.replace(tmp / name, output_dir / name)
+    os.replace(tmp / "README.md", output_dir / "README.md")
+    os.replace(tmp / "model_index.json", output_dir / "model_index.json")
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 
 from .config import Config, config_from_dict
 from .errors import UserError
-from .pipeline import ADNIDiffusionPipeline, make_scheduler
+from .pipeline import PIPELINES, SlicePipeline, make_scheduler
 from .plots import save_grid, save_png
 from .training import write_json
 
 
-def load_pipeline(model_dir: str | Path, device: str = "cpu") -> ADNIDiffusionPipeline:
+def load_pipeline(model_dir: str | Path, device: str = "cpu") -> SlicePipeline:
     """Load a saved pipeline offline, with a clear message when the folder is not one."""
     model_dir = Path(model_dir)
     if not model_dir.exists():
@@ -29,11 +29,18 @@ def load_pipeline(model_dir: str | Path, device: str = "cpu") -> ADNIDiffusionPi
         class_name = json.loads(index.read_text()).get("_class_name")
     except (OSError, json.JSONDecodeError):
         class_name = None
-    if class_name != ADNIDiffusionPipeline.__name__:
-        raise UserError(f"{model_dir} is not an {ADNIDiffusionPipeline.__name__} folder (no "
-                        "model_index.json naming it); pass the OUTPUT_DIR of train_unet.py")
-    pipe = ADNIDiffusionPipeline.from_pretrained(model_dir)
+    if class_name not in PIPELINES:
+        raise UserError(f"{model_dir} is not a model of this project (no model_index.json naming "
+                        f"{' or '.join(PIPELINES)}); pass the OUTPUT_DIR of train_unet.py or "
+                        "train_stylegan2.py")
+    pipe = PIPELINES[class_name].from_pretrained(model_dir)
     return pipe.to(resolve_device(device))
+
+
+def use_scheduler(pipe: SlicePipeline, name: str | None) -> None:
+    """Swap in the named sampler on a diffusion pipeline; a GAN has none and ignores it."""
+    if name and hasattr(pipe, "scheduler"):
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
 
 
 def resolve_device(device: str) -> str:
@@ -54,7 +61,7 @@ def image_seed(seed: int, label: int, index: int) -> int:
     return (seed * 1_000_003 + label * 100_003 + index) % (2**63)
 
 
-def generate(pipe: ADNIDiffusionPipeline, label: str, num_images: int, *, seed: int,
+def generate(pipe: SlicePipeline, label: str, num_images: int, *, seed: int,
              batch_size: int, guidance_scale: float, num_inference_steps: int,
              output_type: str = "np", progress: bool = True):
     """``num_images`` images of one label, batched, each from its own seeded generator."""
@@ -80,7 +87,7 @@ def sample_to_folder(model_dir, labels: list[str], out_dir, *, num_images: int, 
                      scheduler: str, device: str = "cpu") -> dict:
     """Write OUT/<label>/<label>_NNNN.png, OUT/grid_<label>.png and OUT/sample.json."""
     pipe = load_pipeline(model_dir, device)
-    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    use_scheduler(pipe, scheduler)
     out_dir = Path(out_dir)
     record = {"model": str(model_dir), "seed": seed, "num_inference_steps": num_inference_steps,
               "guidance_scale": guidance_scale, "scheduler": scheduler, "labels": {}}

@@ -10,6 +10,7 @@ anything is saved.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -178,6 +179,39 @@ def load_checkpoint(accelerator: Accelerator, path: Path,
     return TrainState(**json.loads((path / "trainer_state.json").read_text()))
 
 
+class EMAWeights:
+    """Exponential moving average of one module's weights (diffusers ``EMAModel``).
+
+    ``select(model)`` picks the tracked module out of the trained one (e.g. the generator out of
+    a generator + discriminator pair). Saved into and restored from every checkpoint.
+    """
+
+    def __init__(self, module, decay: float, warmup: bool, select=lambda model: model):
+        from diffusers.training_utils import EMAModel
+
+        self.module_cls, self.select = type(module), select
+        self.ema = EMAModel(module.parameters(), decay=decay, use_ema_warmup=warmup,
+                            model_cls=type(module), model_config=module.config)
+
+    def step(self, model) -> None:
+        self.ema.step(self.select(model).parameters())
+
+    def copy(self, model) -> torch.nn.Module:
+        """A float32 eval-mode copy of the tracked module holding the averaged weights."""
+        out = copy.deepcopy(self.select(model)).float().eval()
+        self.ema.copy_to(out.parameters())
+        return out
+
+    def save(self, checkpoint: Path) -> None:
+        self.ema.save_pretrained(checkpoint / "ema")
+
+    def load(self, checkpoint: Path) -> None:
+        from diffusers.training_utils import EMAModel
+
+        saved = EMAModel.from_pretrained(checkpoint / "ema", self.module_cls)
+        self.ema.load_state_dict(saved.state_dict())
+
+
 def run_training(
     *,
     accelerator: Accelerator,
@@ -190,7 +224,7 @@ def run_training(
     cfg,
     output_dir: str | Path,
     resume: str | None = None,
-    ema=None,
+    ema: EMAWeights | None = None,
     on_validation: Callable[[int], None] | None = None,
     save_extra: Callable[[Path], None] | None = None,
     load_extra: Callable[[Path], None] | None = None,
@@ -200,10 +234,12 @@ def run_training(
 
     ``loss_fn(model, batch, step) -> (loss, logs)``: the trainer's objective (scalar loss).
     ``get_batch(indices) -> batch``: examples by index, on the right device.
-    ``ema``: a diffusers EMAModel stepped after each optimizer step (its save/load is the
-    trainer's ``save_extra``/``load_extra``). ``on_validation(step)`` runs on the main process.
+    ``ema``: stepped after each optimizer step, saved and restored with the checkpoints.
+    ``on_validation(step)`` runs on the main process.
     """
     validate_train_config(cfg)
+    if ema is not None:
+        save_extra, load_extra = _chain(save_extra, ema.save), _chain(load_extra, ema.load)
     state = TrainState()
     checkpoint = resolve_resume(output_dir, resume)
     if checkpoint is not None:
@@ -239,7 +275,7 @@ def run_training(
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.step(accelerator.unwrap_model(model).parameters())
+            ema.step(accelerator.unwrap_model(model))
         state.step += 1
         state.images_seen += images_per_step
         state.wall_seconds = start_wall + time.time() - t0
@@ -264,6 +300,17 @@ def run_training(
             break
     bar.close()
     return state
+
+
+def _chain(first, second):
+    """Call ``first`` (if any) then ``second`` on the same argument."""
+    if first is None:
+        return second
+
+    def both(arg):
+        first(arg)
+        second(arg)
+    return both
 
 
 def prepare_run(accelerator: Accelerator, model, param_groups, cfg, full_cfg, output_dir,

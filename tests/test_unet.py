@@ -141,7 +141,7 @@ def test_sample_bad_input_exits_2(tiny_model, tmp_path, args, message):
 
 def test_sample_rejects_a_folder_that_is_not_this_pipeline(tiny_vae_run, tmp_path):
     proc = run_script("sample.py", "--model", tiny_vae_run, "--out", tmp_path, check=False)
-    assert proc.returncode == 2 and "not an ADNIDiffusionPipeline" in proc.stderr
+    assert proc.returncode == 2 and "not a model of this project" in proc.stderr
 
 
 def test_unet_killed_mid_run_resumes_with_ema(tiny_vae_run, tiny_data, tmp_path):
