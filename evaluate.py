@@ -13,7 +13,7 @@ from pipelines.config import check_positive
 from pipelines.data import to_pixels
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
-from pipelines.sampling import generate, load_pipeline, saved_config
+from pipelines.sampling import generate, load_pipeline, saved_config, use_scheduler
 
 
 @cli_entry
@@ -42,10 +42,7 @@ def main(argv=None):
     if num_images < 2:
         raise UserError("--num_images must be at least 2 (diversity needs pairs)")
     pipe = load_pipeline(args.model, args.device)
-    if args.scheduler:
-        from pipelines.pipeline import make_scheduler
-
-        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    use_scheduler(pipe, args.scheduler)
 
     def sample_fn(label, n):
         images = generate(pipe, label, n, seed=args.seed, batch_size=cfg.sample.batch_size,
