@@ -1,11 +1,12 @@
-"""Generate AD or NC brain slices from a trained pipeline.
+"""Generate AD or NC brain slices from a trained model (latent diffusion or the StyleGAN2 baseline).
 
     python sample.py --label AD                       # the `make demo` model, 16 images
     python sample.py --model runs/ldm --label all --num_images 64 --scheduler ddim --seed 3
 
 Writes one 8-bit greyscale PNG per image at the native 256x240 slice size, a grid per label and
 sample.json (model, labels, seed, steps, guidance, scheduler). The same seed gives the same images.
-Defaults for guidance, steps and scheduler come from the model's saved config.
+Defaults for guidance, steps and scheduler come from the model's saved config (a StyleGAN2 model
+has none of the three and ignores them).
 """
 
 from pipelines.cli import DEFAULT_MODEL, script_parser

@@ -134,6 +134,7 @@ class EvalConfig:
     judge_steps: int = 600
     judge_batch_size: int = 64
     judge_learning_rate: float = 1e-3
+    tstr_steps: int = 300  # TSTR/TRTR classifiers: 300 x 64 = 64 epochs of 2 x 150 images
     max_real_images: int = 2000  # cap on real images per split used by the metrics
     embed_method: str = "umap"  # umap | tsne
 

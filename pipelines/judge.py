@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -271,9 +271,9 @@ def tstr_accuracy(pixels, labels, test: SliceSet, cfg: EvalConfig, seed: int = 0
                   progress: bool = True) -> float:
     """Train on synthetic (pixels, labels), test on the real ``test`` set (Esteban et al. 2017).
 
-    Same architecture and recipe as the judge, so TSTR compares directly with the judge's
-    train-on-real accuracy on the same test set.
+    Same architecture and recipe as the judge, with ``cfg.tstr_steps`` steps (the sets are a few
+    hundred images, not the whole train split); TRTR is this with real images of the same count.
     """
-    model, _ = train_classifier(pixels, labels, TrainSettings.from_eval(cfg, seed),
-                                progress=progress)
+    settings = replace(TrainSettings.from_eval(cfg, seed), steps=cfg.tstr_steps)
+    model, _ = train_classifier(pixels, labels, settings, progress=progress)
     return Judge(model, test.resolution).accuracy(test)
