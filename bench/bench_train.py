@@ -1,12 +1,15 @@
-"""Training-step throughput on this machine, for the demo config's VAE and UNet.
+"""Training-step throughput on this machine, for the demo config's VAE, UNet and StyleGAN2.
 
     python bench/bench_train.py [--config configs/demo.yaml] [--steps 8]
+    python bench/bench_train.py --stylegan2_only --widths 4096/256,2048/128,1024/256
 
 Measures img/s (median over --steps timed steps after 2 warm-up steps) for:
   - the VAE training step, fp32 vs bf16 autocast;
   - the UNet step on cached latents (bf16 and fp32) vs the naive path that runs the VAE encoder
     on every batch (bf16), the ratio the latent cache buys;
-  - the UNet step's achieved GFLOP/s (torch.utils.flop_counter) vs the machine's bf16 peak.
+  - the UNet step's achieved GFLOP/s (torch.utils.flop_counter) vs the machine's bf16 peak;
+  - the StyleGAN2 step (G + D, lazy R1 and path length included: mean over 16 steps) for each
+    channel_base/channel_max in --widths.
 """
 
 import argparse
@@ -21,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.config import load_config  # noqa: E402
 from pipelines.diffusion import training_scheduler  # noqa: E402
-from pipelines.losses import VAETrainingModel, diffusion_loss  # noqa: E402
-from pipelines.models import build_unet, build_vae, vae_downsample_factor  # noqa: E402
+from pipelines.gan import build_stylegan2  # noqa: E402
+from pipelines.losses import StyleGAN2TrainingModel, VAETrainingModel, diffusion_loss  # noqa: E402
+from pipelines.models import build_unet, build_vae, count_parameters, vae_downsample_factor  # noqa
 from pipelines.training import cpu_has_bf16  # noqa: E402
 
 BF16_PEAK_GFLOPS = 370.0  # measured matmul peak of the dev machines (../shared/REFERENCES.md)
@@ -46,11 +50,17 @@ def main():
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--bf16", action="store_true", help="time bf16 even where emulated")
+    parser.add_argument("--widths", default=None,
+                        help="StyleGAN2 channel_base/channel_max pairs (default: the config's)")
+    parser.add_argument("--stylegan2_only", action="store_true")
     args = parser.parse_args()
     cfg = load_config(args.config)
     torch.manual_seed(0)
     res = cfg.data.resolution
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, config {args.config}")
+    bench_stylegan2(cfg, args.widths)
+    if args.stylegan2_only:
+        return
     precisions = (False, True) if cpu_has_bf16() or args.bf16 else (False,)
     if len(precisions) == 1:
         print("this CPU has no native bf16 (emulated, ~50x slower): bf16 runs skipped "
@@ -105,6 +115,31 @@ def main():
     print(f"UNet step: {flops / ub / 1e9:.2f} GFLOP per image (fwd+bwd); achieved "
           f"{achieved:.0f} GFLOP/s = {achieved / peak:.0%} of this machine's fp32 1024^2 matmul "
           f"({peak:.0f} GFLOP/s; the bf16 peak of AVX512-BF16 machines is ~{BF16_PEAK_GFLOPS:.0f})")
+
+
+def bench_stylegan2(cfg, widths: str | None, steps: int = 16) -> None:
+    """img/s of the StyleGAN2 training step, averaged over one cycle of the lazy regularisers."""
+    scfg = cfg.stylegan2
+    pairs = widths or f"{scfg.channel_base}/{scfg.channel_max}"
+    batch = scfg.train_batch_size
+    res = cfg.data.resolution
+    for pair in pairs.split(","):
+        scfg.channel_base, scfg.channel_max = map(int, pair.split("/"))
+        gen, disc = build_stylegan2(cfg)
+        model = StyleGAN2TrainingModel(gen, disc, scfg)
+        opt = torch.optim.Adam(model.parameters(), scfg.learning_rate,
+                               betas=(scfg.adam_beta1, scfg.adam_beta2))
+        batch_data = (torch.rand(batch, 1, res, res) * 2 - 1, torch.randint(0, 2, (batch,)))
+        model(batch_data, 1)[0].backward()  # warm-up
+        t0 = time.perf_counter()
+        for step in range(steps):
+            loss, _ = model(batch_data, step)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        speed = batch * steps / (time.perf_counter() - t0)
+        print(f"StyleGAN2 step {pair:>9s}: {speed:7.1f} img/s (batch {batch}, {res} px; "
+              f"G {count_parameters(gen) / 1e6:.2f}M, D {count_parameters(disc) / 1e6:.2f}M)")
 
 
 def _matmul_seconds(a: torch.Tensor) -> float:

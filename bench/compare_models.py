@@ -99,10 +99,10 @@ def figure(pipes, data: Path, out: Path, n: int = 6) -> Path:
         real = sorted((data / "test" / label).glob("*.jpeg"))
         picks = [real[int(i)] for i in np.linspace(0, len(real) - 1, n)]
         rows.append(np.stack([np.asarray(Image.open(p).convert("L")) for p in picks]))
-        for pipe, model_dir in pipes:
+        for pipe, model_dir, guidance in pipes:
             cfg = saved_config(model_dir).sample
             rows.append(generate(pipe, label, n, seed=0, batch_size=n,
-                                 guidance_scale=cfg.guidance_scale,
+                                 guidance_scale=guidance or cfg.guidance_scale,
                                  num_inference_steps=cfg.num_inference_steps, progress=False))
     return save_png(grid(np.concatenate(rows), nrow=n, pad=4), out / "comparison.png")
 
@@ -114,19 +114,26 @@ def main():
     parser.add_argument("--names", nargs="+", default=None)
     parser.add_argument("--data", default="data/phantom")
     parser.add_argument("--out", default="outputs/comparison")
+    parser.add_argument("--evals", nargs="+", default=None,
+                        help="evaluate.py output folder per model (default MODEL/eval)")
+    parser.add_argument("--guidance_scale", nargs="+", type=float, default=None,
+                        help="per model, for the figure (default: each model's config)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     names = args.names or [Path(m).name for m in args.models]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records, pipes = [], []
-    for model in map(Path, args.models):
-        metrics = model / "eval" / "metrics.json"
+    evals = args.evals or [Path(m) / "eval" for m in args.models]
+    guidance = args.guidance_scale or [None] * len(args.models)
+    for model, eval_dir in zip(map(Path, args.models), map(Path, evals), strict=True):
+        metrics = eval_dir / "metrics.json"
         if not metrics.is_file():
             sys.exit(f"{metrics} is missing: run `python evaluate.py --model {model}` first")
         pipe = load_pipeline(model)
-        pipes.append((pipe, model))
-        records.append({"model": str(model), "eval": json.loads(metrics.read_text()),
+        pipes.append((pipe, model, guidance[len(pipes)]))
+        records.append({"model": str(model), "eval_dir": str(eval_dir),
+                         "eval": json.loads(metrics.read_text()),
                         **training_record(model, pipe),
                         "sample_img_per_s": sampling_speed(pipe, model, 16, args.runs)})
     lines = table(names, records)
