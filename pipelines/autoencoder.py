@@ -19,7 +19,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from .config import Config
-from .data import CLASS_NAMES, load_train_val, random_flip, to_unit_range
+from .data import CLASS_NAMES, load_train_val, training_images
 from .errors import UserError
 from .losses import VAETrainingModel
 from .models import PatchDiscriminator, adapt_to_greyscale, build_vae, count_parameters, load_vae
@@ -104,10 +104,8 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     val_images = val_set.subset(_spread(len(val_set), 8)).as_float()
 
     def get_batch(indices):
-        batch = to_unit_range(train_pixels[indices])
-        if cfg.data.flip:
-            batch = random_flip(batch, flip_gen)
-        return batch.to(accelerator.device)
+        return training_images(train_pixels, indices, cfg.data.flip, flip_gen).to(
+            accelerator.device)
 
     def loss_fn(m, batch, step):
         return m(batch, step)

@@ -331,6 +331,13 @@ def load_train_val(root, data_cfg, progress: bool = True) -> tuple[SliceSet, Sli
     return train, val
 
 
+def training_images(pixels: torch.Tensor, indices, flip: bool,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The pixel trainers' batch: uint8 slices by index -> [-1, 1] floats, randomly mirrored."""
+    batch = to_unit_range(pixels[indices])
+    return random_flip(batch, generator) if flip else batch
+
+
 def random_flip(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
     flip = torch.rand(batch.shape[0], generator=generator) < 0.5

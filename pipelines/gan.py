@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import CLASS_NAMES, load_train_val, random_flip, to_unit_range
+from .data import CLASS_NAMES, load_train_val, training_images
 from .errors import UserError
 from .losses import StyleGAN2TrainingModel
 from .models import count_parameters
@@ -98,9 +98,7 @@ def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = Non
     flip_gen = torch.Generator().manual_seed(scfg.seed + 17 * accelerator.process_index)
 
     def get_batch(indices):
-        images = to_unit_range(train_set.pixels[indices])
-        if cfg.data.flip:
-            images = random_flip(images, flip_gen)
+        images = training_images(train_set.pixels, indices, cfg.data.flip, flip_gen)
         return images.to(accelerator.device), train_set.labels[indices].to(accelerator.device)
 
     def loss_fn(m, batch, step):

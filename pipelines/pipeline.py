@@ -66,6 +66,12 @@ class SlicePipeline(DiffusionPipeline):
                                 f"{', '.join(self.config.class_names)} (ids 0..{len(names) - 1})")
         return ids
 
+    def repeated_ids(self, labels, num_images_per_label: int) -> list[int]:
+        """Label ids for a call: one label or a list, each repeated ``num_images_per_label``."""
+        if isinstance(labels, (str, int)):
+            labels = [labels]
+        return [i for i in self.label_ids(labels) for _ in range(num_images_per_label)]
+
     def to_native(self, images: torch.Tensor) -> np.ndarray:
         """(N, 1, R, R) float in [-1, 1] -> (N, H, W) uint8 at the native slice size."""
         pixels = to_pixels(images.squeeze(1)).numpy()
@@ -132,13 +138,11 @@ class ADNIDiffusionPipeline(SlicePipeline):
         Returns:
             ImagePipelineOutput with ``images`` (the latents for "latent").
         """
-        if isinstance(labels, (str, int)):
-            labels = [labels]
         if num_images_per_label < 1 or num_inference_steps < 1:
             raise UserError("num_images_per_label and num_inference_steps must be >= 1")
         if guidance_scale < 1:
             raise UserError(f"guidance_scale must be >= 1 (1 = no guidance), got {guidance_scale}")
-        ids = [i for i in self.label_ids(labels) for _ in range(num_images_per_label)]
+        ids = self.repeated_ids(labels, num_images_per_label)
         class_labels = torch.tensor(ids, device=self.device)
         unet_cfg = self.unet.config
         shape = (len(ids), unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
@@ -199,11 +203,9 @@ class StyleGAN2Pipeline(SlicePipeline):
         and ``num_inference_steps`` belong to diffusion models: accepted so one sampling loop
         drives both kinds of pipeline, and ignored (a GAN has neither).
         """
-        if isinstance(labels, (str, int)):
-            labels = [labels]
         if num_images_per_label < 1:
             raise UserError("num_images_per_label must be >= 1")
-        ids = [i for i in self.label_ids(labels) for _ in range(num_images_per_label)]
+        ids = self.repeated_ids(labels, num_images_per_label)
         gen_model = self.generator
         z = randn_tensor((len(ids), gen_model.config.z_dim), generator=generator,
                          device=self.device, dtype=gen_model.dtype)
