@@ -5,7 +5,8 @@
 class_embed: UNet2DModel(num_class_embeds=3), the label embedding added to the time embedding.
 cross_attention: UNet2DConditionModel with the label as one context token (CompVis-style), the
 same widths and attention levels (cross-attention blocks where the class-embed UNet has
-self-attention, as diffusers' conditional blocks pair the two). Prints parameters, GFLOP per
+self-attention, as diffusers' conditional blocks pair the two). Both from models.build_unet, as
+`unet.conditioning` builds them for training. Prints parameters, GFLOP per
 image and training img/s (median of --steps, fp32).
 """
 
@@ -16,23 +17,12 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.config import load_config  # noqa: E402
-from pipelines.models import build_unet  # noqa: E402
-
-
-def cross_attention_unet(cfg, channels: int, size: int) -> UNet2DConditionModel:
-    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
-    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
-    return UNet2DConditionModel(
-        sample_size=size, in_channels=channels, out_channels=channels,
-        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        down_block_types=down, up_block_types=up, cross_attention_dim=cfg.block_out_channels[-1],
-        attention_head_dim=cfg.attention_head_dim, norm_num_groups=32)
+from pipelines.models import build_unet, label_inputs  # noqa: E402
 
 
 def main():
@@ -45,13 +35,11 @@ def main():
     torch.manual_seed(0)
     x, t = torch.randn(batch, ch, size, size), torch.randint(0, 1000, (batch,))
     labels = torch.randint(0, 3, (batch,))
-    embed = torch.nn.Embedding(3, cfg.unet.block_out_channels[-1])
-    models = {
-        "class_embed": (build_unet(cfg.unet, ch, size),
-                        lambda m: m(x, t, class_labels=labels).sample),
-        "cross_attention": (cross_attention_unet(cfg.unet, ch, size),
-                            lambda m: m(x, t, encoder_hidden_states=embed(labels)[:, None]).sample),
-    }
+    models = {}
+    for conditioning in ("class_embed", "cross_attention"):
+        cfg.unet.conditioning = conditioning
+        unet = build_unet(cfg.unet, ch, size)
+        models[conditioning] = (unet, lambda m: m(x, t, **label_inputs(m, labels)).sample)
     for name, (model, forward) in models.items():
         with FlopCounterMode(display=False) as counter:
             forward(model).pow(2).mean().backward()

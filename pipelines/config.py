@@ -73,7 +73,8 @@ class UNetConfig(TrainConfig):
     layers_per_block: int = 1
     attention_levels: list = field(default_factory=lambda: [False, False, True])
     attention_head_dim: int = 32
-    conditioning: str = "class_embed"  # class_embed (added to time embedding) | cross_attention
+    conditioning: str = "class_embed"  # class_embed (added to the time embedding) | cross_attention
+    #   (a one-hot label token read by cross-attention); docs/RESULTS.md compares the two
     cond_drop_prob: float = 0.15  # label dropped to the null label this often (CFG)
     prediction_type: str = "v_prediction"  # epsilon | v_prediction
     snr_gamma: float = 5.0  # min-SNR-gamma weighting; 0 disables it

@@ -10,6 +10,7 @@ from torch import nn
 from torch.func import functional_call
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+from .models import label_inputs
 from .stylegan2 import diff_augment
 
 
@@ -143,7 +144,7 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, class_labels: t
     prediction_type = noise_scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else \
         noise_scheduler.get_velocity(latents, noise, timesteps)
-    pred = unet(noisy, timesteps, class_labels=class_labels).sample
+    pred = unet(noisy, timesteps, **label_inputs(unet, class_labels)).sample
     mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     alphas = noise_scheduler.alphas_cumprod.to(latents.device)[timesteps]
     snr = alphas / (1 - alphas)

@@ -28,6 +28,7 @@ from PIL import Image
 from . import stylegan2  # noqa: F401  diffusers loads a saved generator only from an imported module
 from .data import CLASS_NAMES, NATIVE_SIZE, to_native, to_pixels
 from .errors import UserError
+from .models import label_inputs
 
 SCHEDULERS = {
     "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
@@ -94,7 +95,9 @@ class ADNIDiffusionPipeline(SlicePipeline):
 
     Args:
         vae: the greyscale AutoencoderKL (its config's ``scaling_factor`` scales the latents).
-        unet: a UNet2DModel with ``num_class_embeds = len(class_names) + 1`` (last id = null).
+        unet: a UNet2DModel with ``num_class_embeds = len(class_names) + 1`` (last id = null),
+            or a UNet2DConditionModel taking the one-hot id as its one context token
+            (``models.build_unet``).
         scheduler: any diffusers scheduler (DPM-Solver++ by default).
         class_names: label names in id order; saved in model_index.json so ids travel with it.
         native_size: (width, height) the square output is cropped back to.
@@ -157,7 +160,7 @@ class ADNIDiffusionPipeline(SlicePipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            out = self.unet(model_input, t, class_labels=class_labels).sample
+            out = self.unet(model_input, t, **label_inputs(self.unet, class_labels)).sample
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)

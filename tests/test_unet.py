@@ -68,9 +68,11 @@ def test_label_dropout_and_min_snr():
                           torch.tensor([0.1 / 1.1, 5 / 6, 5 / 101]))
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_diffusion_loss_decreases_on_one_batch(prediction_type):
-    cfg = load_config(TINY, [f"--prediction_type={prediction_type}"], section="unet").unet
+@pytest.mark.parametrize("prediction_type,conditioning", [
+    ("epsilon", "class_embed"), ("v_prediction", "class_embed"), ("epsilon", "cross_attention")])
+def test_diffusion_loss_decreases_on_one_batch(prediction_type, conditioning):
+    cfg = load_config(TINY, [f"--prediction_type={prediction_type}",
+                             f"--conditioning={conditioning}"], section="unet").unet
     torch.manual_seed(0)
     unet = build_unet(cfg, latent_channels=2, latent_size=8)
     scheduler = training_scheduler(cfg)
@@ -85,6 +87,32 @@ def test_diffusion_loss_decreases_on_one_batch(prediction_type):
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+
+
+def test_cross_attention_unet_reads_the_label_as_a_token(tiny_vae_run, tiny_data, tmp_path):
+    out = tmp_path / "ldm"
+    run_script("train_unet.py", "--config", TINY, "--vae", tiny_vae_run / "vae", "--data",
+               tiny_data, "--output_dir", out, "--conditioning", "cross_attention")
+    pipe = ADNIDiffusionPipeline.from_pretrained(out)
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+    assert pipe.unet.config.encoder_hid_dim == 3  # NC, AD, null: one-hot token -> Linear
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_images_per_label=2, num_inference_steps=3, guidance_scale=3.0,
+                  output_type="np")
+    a = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(1), **kwargs).images
+    b = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(1), **kwargs).images
+    assert a.shape == (4, 240, 256) and np.array_equal(a, b)
+    one = dict(kwargs, num_images_per_label=1)  # same noise, other label: the token is read
+    ad = pipe(["AD"], generator=torch.Generator().manual_seed(5), **one).images
+    nc = pipe(["NC"], generator=torch.Generator().manual_seed(5), **one).images
+    assert not np.array_equal(ad, nc)
+
+
+def test_unknown_conditioning_exits_2(tiny_vae_run, tiny_data, tmp_path):
+    proc = run_script("train_unet.py", "--config", TINY, "--vae", tiny_vae_run / "vae", "--data",
+                      tiny_data, "--output_dir", tmp_path, "--conditioning", "film", check=False)
+    assert proc.returncode == 2 and "unet.conditioning" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_latent_cache_is_keyed_by_vae_and_data(tiny_vae_run, tiny_data, tmp_path):
