@@ -1,10 +1,13 @@
 """How much of the label can survive the VAE? The judge on real test slices vs on their VAE
 reconstructions: the second is a ceiling on the LDM's label faithfulness, whatever the UNet does.
 
-    python bench/judge_ceiling.py --model outputs/demo/model --data data/phantom
+    python bench/judge_ceiling.py --model outputs/demo/model --data data/phantom [--vae DIR]
 
 Needs MODEL/judge (written by evaluate.py). Prints the judge's accuracy per label on the real
-test slices and on their posterior-mean reconstructions.
+test slices and on their posterior-mean reconstructions, and the Frechet distance (judge
+features) of the reconstructions to the real test slices beside the real train-vs-test floor:
+an LDM whose samples decode through this VAE starts from that distance. --vae measures another
+VAE (same resolution) against the same judge.
 """
 
 import argparse
@@ -18,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.autoencoder import reconstruct  # noqa: E402
 from pipelines.data import CLASS_NAMES, load_split, to_pixels  # noqa: E402
 from pipelines.judge import Judge  # noqa: E402
+from pipelines.metrics import frechet_distance  # noqa: E402
+from pipelines.models import load_vae  # noqa: E402
 from pipelines.sampling import load_pipeline, saved_config  # noqa: E402
 
 
@@ -26,10 +31,12 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="outputs/demo/model")
     parser.add_argument("--data", default="data/phantom")
+    parser.add_argument("--vae", help="a VAE folder to measure instead of the model's own")
     args = parser.parse_args()
     judge = Judge.load(Path(args.model) / "judge")
-    vae = load_pipeline(args.model).vae
-    test = load_split(args.data, "test", saved_config(args.model).data.resolution)
+    vae = load_vae(args.vae) if args.vae else load_pipeline(args.model).vae
+    resolution = saved_config(args.model).data.resolution
+    test = load_split(args.data, "test", resolution)
     recon = to_pixels(reconstruct(vae, test.as_float()))
     labels = test.labels.numpy()
     for name, pixels in (("real test", test.pixels), ("VAE reconstructions", recon)):
@@ -39,6 +46,12 @@ def main():
         print(f"judge on {name:20s}: {(pred == labels).mean():.3f} ({per}; n={len(labels)})")
     print(f"predicted AD share: real {np.mean(judge.predict(test.pixels) == 1):.3f}, "
           f"reconstructed {np.mean(judge.predict(recon) == 1):.3f}")
+    train = load_split(args.data, "train", resolution)
+    train = train.subset(np.linspace(0, len(train) - 1, len(test)).round().astype(int).tolist())
+    f_test = judge.features(test.pixels)
+    print(f"Frechet distance to real test (judge features): real train "
+          f"{frechet_distance(judge.features(train.pixels), f_test):.2f} (the floor), "
+          f"VAE reconstructions {frechet_distance(judge.features(recon), f_test):.2f}")
 
 
 if __name__ == "__main__":
