@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.autoencoder import reconstruct  # noqa: E402
-from pipelines.data import CLASS_NAMES, load_split, to_pixels  # noqa: E402
+from pipelines.data import CLASS_NAMES, load_split, spread_indices, to_pixels  # noqa: E402
 from pipelines.judge import Judge  # noqa: E402
 from pipelines.metrics import frechet_distance  # noqa: E402
 from pipelines.models import load_vae  # noqa: E402
@@ -39,15 +39,16 @@ def main():
     test = load_split(args.data, "test", resolution)
     recon = to_pixels(reconstruct(vae, test.as_float()))
     labels = test.labels.numpy()
-    for name, pixels in (("real test", test.pixels), ("VAE reconstructions", recon)):
-        pred = judge.predict(pixels)
+    predictions = {"real test": judge.predict(test.pixels),
+                   "VAE reconstructions": judge.predict(recon)}
+    for name, pred in predictions.items():
         per = ", ".join(f"{c} {(pred[labels == i] == i).mean():.3f}"
                         for i, c in enumerate(CLASS_NAMES))
         print(f"judge on {name:20s}: {(pred == labels).mean():.3f} ({per}; n={len(labels)})")
-    print(f"predicted AD share: real {np.mean(judge.predict(test.pixels) == 1):.3f}, "
-          f"reconstructed {np.mean(judge.predict(recon) == 1):.3f}")
+    print(f"predicted AD share: real {np.mean(predictions['real test'] == 1):.3f}, "
+          f"reconstructed {np.mean(predictions['VAE reconstructions'] == 1):.3f}")
     train = load_split(args.data, "train", resolution)
-    train = train.subset(np.linspace(0, len(train) - 1, len(test)).round().astype(int).tolist())
+    train = train.subset(spread_indices(len(train), len(test)))
     f_test = judge.features(test.pixels)
     print(f"Frechet distance to real test (judge features): real train "
           f"{frechet_distance(judge.features(train.pixels), f_test):.2f} (the floor), "

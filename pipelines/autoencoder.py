@@ -19,7 +19,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from .config import Config
-from .data import CLASS_NAMES, load_train_val, training_images
+from .data import CLASS_NAMES, load_train_val, spread_indices, training_images
 from .errors import UserError
 from .losses import VAETrainingModel
 from .models import PatchDiscriminator, adapt_to_greyscale, build_vae, count_parameters, load_vae
@@ -101,7 +101,7 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
 
     flip_gen = torch.Generator().manual_seed(vcfg.seed + 17 * accelerator.process_index)
     train_pixels = train_set.pixels
-    val_images = val_set.subset(_spread(len(val_set), 8)).as_float()
+    val_images = val_set.subset(spread_indices(len(val_set), 8)).as_float()
 
     def get_batch(indices):
         return training_images(train_pixels, indices, cfg.data.flip, flip_gen).to(
@@ -124,7 +124,7 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
                          num_examples=len(train_set), cfg=vcfg, output_dir=output_dir,
                          resume=resume, on_validation=on_validation, desc="vae")
     vae = accelerator.unwrap_model(model).vae.eval()
-    sub = _spread(len(train_set), vcfg.scale_factor_images)
+    sub = spread_indices(len(train_set), vcfg.scale_factor_images)
     shard = sub[accelerator.process_index::accelerator.num_processes]
     scale = measure_scaling_factor(vae, train_set.subset(shard).as_float(), accelerator)
     metrics = {}
@@ -148,10 +148,4 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
                           f", scaling_factor {scale:.4f} -> {output_dir / 'vae'}")
     accelerator.end_training()
     return metrics
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """k indices spread evenly over range(n) (deterministic, covers many patients)."""
-    k = min(k, n)
-    return np.linspace(0, n - 1, k).round().astype(int).tolist() if k > 0 else []
 

@@ -331,6 +331,12 @@ def load_train_val(root, data_cfg, progress: bool = True) -> tuple[SliceSet, Sli
     return train, val
 
 
+def spread_indices(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (deterministic, covers many patients)."""
+    k = min(k, n)
+    return np.linspace(0, n - 1, k).round().astype(int).tolist() if k > 0 else []
+
+
 def training_images(pixels: torch.Tensor, indices, flip: bool,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """The pixel trainers' batch: uint8 slices by index -> [-1, 1] floats, randomly mirrored."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
 from torch import nn
 
-from .data import CLASS_NAMES
+from .data import NULL_LABEL
 from .errors import UserError
 
 
@@ -106,7 +106,7 @@ class PatchDiscriminator(nn.Module):
         return self.net(images)
 
 
-LABEL_IDS = len(CLASS_NAMES) + 1  # the classes + the null label for classifier-free guidance
+LABEL_IDS = NULL_LABEL + 1  # the classes, then the null label of classifier-free guidance
 
 
 def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNet2DConditionModel:

@@ -157,10 +157,11 @@ class ADNIDiffusionPipeline(SlicePipeline):
         if guided:  # one batched UNet call: [unconditional, conditional]
             class_labels = torch.cat([torch.full_like(class_labels, self.null_label),
                                       class_labels])
+        conditioning = label_inputs(self.unet, class_labels)  # built once, not per step
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            out = self.unet(model_input, t, **label_inputs(self.unet, class_labels)).sample
+            out = self.unet(model_input, t, **conditioning).sample
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
