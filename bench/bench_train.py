@@ -8,6 +8,8 @@ Measures img/s (median over --steps timed steps after 2 warm-up steps) for:
   - the UNet step on cached latents (bf16 and fp32) vs the naive path that runs the VAE encoder
     on every batch (bf16), the ratio the latent cache buys;
   - the UNet step's achieved GFLOP/s (torch.utils.flop_counter) vs the machine's bf16 peak;
+  - with --compile, the UNet step under torch.compile: compile time, img/s and the number of
+    steps after which compiling pays for itself;
   - the StyleGAN2 step (G + D, lazy R1 and path length included: mean over 16 steps) for each
     channel_base/channel_max in --widths.
 """
@@ -53,6 +55,8 @@ def main():
     parser.add_argument("--widths", default=None,
                         help="StyleGAN2 channel_base/channel_max pairs (default: the config's)")
     parser.add_argument("--stylegan2_only", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the UNet step under torch.compile (minutes on 2 cores)")
     args = parser.parse_args()
     cfg = load_config(args.config)
     torch.manual_seed(0)
@@ -115,6 +119,23 @@ def main():
     print(f"UNet step: {flops / ub / 1e9:.2f} GFLOP per image (fwd+bwd); achieved "
           f"{achieved:.0f} GFLOP/s = {achieved / peak:.0%} of this machine's fp32 1024^2 matmul "
           f"({peak:.0f} GFLOP/s; the bf16 peak of AVX512-BF16 machines is ~{BF16_PEAK_GFLOPS:.0f})")
+    if args.compile:
+        bench_compile(unet, sched, latents, labels, args.steps, speed)
+
+
+def bench_compile(unet, sched, latents, labels, steps: int, eager_speed: float) -> None:
+    """torch.compile trades a one-off compilation for faster steps: when does it pay?"""
+    compiled = torch.compile(unet)
+    batch = latents.shape[0]
+    t0 = time.perf_counter()
+    diffusion_loss(compiled, sched, latents, labels, 5.0).mean().backward()
+    compile_s = time.perf_counter() - t0
+    speed = timed(lambda: diffusion_loss(compiled, sched, latents, labels, 5.0).mean(), steps,
+                  batch, False)
+    saved_per_step = batch / eager_speed - batch / speed
+    even = f"{compile_s / saved_per_step:.0f} steps" if saved_per_step > 0 else "never"
+    print(f"UNet step torch.compile fp32: first step {compile_s:.0f} s (compilation), then "
+          f"{speed:.1f} img/s = {speed / eager_speed:.2f}x eager; pays for itself after {even}")
 
 
 def bench_stylegan2(cfg, widths: str | None, steps: int = 16) -> None:
