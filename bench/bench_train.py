@@ -127,11 +127,14 @@ def bench_compile(unet, sched, latents, labels, steps: int, eager_speed: float) 
     """torch.compile trades a one-off compilation for faster steps: when does it pay?"""
     compiled = torch.compile(unet)
     batch = latents.shape[0]
+
+    def step():
+        return diffusion_loss(compiled, sched, latents, labels, 5.0).mean()
+
     t0 = time.perf_counter()
-    diffusion_loss(compiled, sched, latents, labels, 5.0).mean().backward()
+    step().backward()  # the first call compiles
     compile_s = time.perf_counter() - t0
-    speed = timed(lambda: diffusion_loss(compiled, sched, latents, labels, 5.0).mean(), steps,
-                  batch, False)
+    speed = timed(step, steps, batch, bf16=False)
     saved_per_step = batch / eager_speed - batch / speed
     even = f"{compile_s / saved_per_step:.0f} steps" if saved_per_step > 0 else "never"
     print(f"UNet step torch.compile fp32: first step {compile_s:.0f} s (compilation), then "
