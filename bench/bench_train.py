@@ -8,6 +8,7 @@ Measures img/s (median over --steps timed steps after 2 warm-up steps) for:
   - the UNet step on cached latents (bf16 and fp32) vs the naive path that runs the VAE encoder
     on every batch (bf16), the ratio the latent cache buys;
   - the UNet step's achieved GFLOP/s (torch.utils.flop_counter) vs the machine's bf16 peak;
+  - the weight update after each step: AdamW looped vs fused, EMA looped vs foreach;
   - with --compile, the UNet step under torch.compile: compile time, img/s and the number of
     steps after which compiling pays for itself;
   - the StyleGAN2 step (G + D, lazy R1 and path length included: mean over 16 steps) for each
@@ -18,6 +19,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,16 +37,12 @@ BF16_PEAK_GFLOPS = 370.0  # measured matmul peak of the dev machines (../shared/
 
 
 def timed(step, steps: int, batch: int, bf16: bool) -> float:
-    for i in range(steps + 2):
-        if i == 2:
-            times = []
-        t0 = time.perf_counter()
+    """img/s of forward (``step()`` returns the loss) + backward, median of ``steps``."""
+    def forward_backward():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = step()
         loss.backward()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    return batch / (_median_ms(forward_backward, steps) / 1000)
 
 
 def main():
@@ -119,8 +117,41 @@ def main():
     print(f"UNet step: {flops / ub / 1e9:.2f} GFLOP per image (fwd+bwd); achieved "
           f"{achieved:.0f} GFLOP/s = {achieved / peak:.0%} of this machine's fp32 1024^2 matmul "
           f"({peak:.0f} GFLOP/s; the bf16 peak of AVX512-BF16 machines is ~{BF16_PEAK_GFLOPS:.0f})")
+    bench_update(unet, speed / ub)
     if args.compile:
         bench_compile(unet, sched, latents, labels, args.steps, speed)
+
+
+def bench_update(unet, steps_per_s: float) -> None:
+    """The per-step weight update: AdamW's Python loop over tensors vs its fused kernel, and EMA.
+
+    On CPU torch defaults AdamW to a loop over every parameter tensor; the trainers ask for the
+    fused kernel (pipelines.training.prepare_run) and a foreach EMA.
+    """
+    from diffusers.training_utils import EMAModel
+
+    params = list(unet.parameters())
+    step_ms = 1000 / steps_per_s
+    adamw = (("AdamW, loop (torch's CPU default)", {}), ("AdamW, fused", {"fused": True}))
+    for name, kwargs in adamw:
+        opt = torch.optim.AdamW(params, lr=1e-12, weight_decay=1e-2, **kwargs)
+        ms = _median_ms(opt.step)
+        print(f"update {name:34s}: {ms:6.1f} ms/step ({ms / step_ms:.0%} of a fwd+bwd step)")
+    for foreach in (False, True):
+        ema = EMAModel(params, decay=0.999, foreach=foreach)
+        ms = _median_ms(partial(ema.step, params))
+        print(f"update EMA, {'foreach' if foreach else 'loop':28s}: {ms:6.1f} ms/step")
+
+
+def _median_ms(fn, steps: int = 12) -> float:
+    """Median wall time of ``fn()`` in ms over ``steps`` calls, after 2 warm-up calls."""
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        fn()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
 
 
 def bench_compile(unet, sched, latents, labels, steps: int, eager_speed: float) -> None:
