@@ -105,11 +105,7 @@ def main():
           f"{results[f'cached {best}'] / results['naive (VAE encode per step) fp32']:.2f}x")
     speed = results[f"cached {best}"]
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        cached().backward()
-    flops = counter.get_total_flops()
+    flops = step_flops(cached)
     achieved = flops / ub * speed / 1e9
     a = torch.randn(1024, 1024)
     matmul = statistics.median(_matmul_seconds(a) for _ in range(5))
@@ -141,6 +137,15 @@ def bench_update(unet, steps_per_s: float) -> None:
         ema = EMAModel(params, decay=0.999, foreach=foreach)
         ms = _median_ms(partial(ema.step, params))
         print(f"update EMA, {'foreach' if foreach else 'loop':28s}: {ms:6.1f} ms/step")
+
+
+def step_flops(loss_fn) -> int:
+    """FLOPs of ``loss_fn().backward()`` (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loss_fn().backward()
+    return counter.get_total_flops()
 
 
 def _median_ms(fn, steps: int = 12) -> float:

@@ -14,21 +14,15 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_train import step_flops  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from pipelines.config import load_config  # noqa: E402
 from pipelines.diffusion import training_scheduler  # noqa: E402
 from pipelines.losses import VAETrainingModel, diffusion_loss  # noqa: E402
 from pipelines.models import build_unet, build_vae, vae_downsample_factor  # noqa: E402
-
-
-def step_flops(loss_fn) -> int:
-    """FLOPs of ``loss_fn().backward()``."""
-    with FlopCounterMode(display=False) as counter:
-        loss_fn().backward()
-    return counter.get_total_flops()
 
 
 def main():

@@ -320,7 +320,7 @@ def prepare_run(accelerator: Accelerator, model, param_groups, cfg, full_cfg, ou
     Returns (model, optimizer, lr_scheduler), prepared.
     """
     # fused: one kernel per step instead of a Python loop over parameter tensors (on 2 CPU
-    # cores the loop cost the 7M UNet ~28 ms a step, the fused kernel ~7; docs/RESULTS.md)
+    # cores the loop cost the 7M UNet ~31 ms a step, the fused kernel ~6; bench/bench_train.py)
     optimizer = torch.optim.AdamW(param_groups, lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay,
