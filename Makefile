@@ -14,8 +14,8 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: requirements.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -r requirements.txt
 	touch $@
 
 venv: $(VENV)/.installed
