@@ -25,6 +25,7 @@ from .losses import VAETrainingModel
 from .models import PatchDiscriminator, adapt_to_greyscale, build_vae, count_parameters, load_vae
 from .plots import save_grid, to_uint8
 from .training import (
+    EMAWeights,
     make_accelerator,
     prepare_run,
     run_training,
@@ -98,6 +99,14 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
                                                  output_dir, "vae")
     accelerator.print(f"VAE: {count_parameters(vae) / 1e6:.2f}M parameters, "
                       f"{accelerator.num_processes} process(es), {accelerator.mixed_precision}")
+    ema = None
+    if vcfg.ema_decay > 0:
+        ema = EMAWeights(vae, vcfg.ema_decay, vcfg.ema_warmup, select=lambda m: m.vae)
+
+    def current_vae():
+        """The VAE being measured and saved: the EMA weights when EMA is on."""
+        trained = accelerator.unwrap_model(model)
+        return ema.copy(trained) if ema is not None else trained.vae.eval()
 
     flip_gen = torch.Generator().manual_seed(vcfg.seed + 17 * accelerator.process_index)
     train_pixels = train_set.pixels
@@ -111,8 +120,7 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
         return m(batch, step)
 
     def on_validation(step):
-        inner = accelerator.unwrap_model(model).vae
-        inner.eval()
+        inner = current_vae()
         recon = reconstruct(inner, val_images)
         pair = np.concatenate([to_uint8(val_images), to_uint8(recon)])
         save_grid(pair, output_dir / "samples" / f"recon-{step:06d}.png", nrow=len(val_images))
@@ -122,8 +130,8 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     state = run_training(accelerator=accelerator, model=model, optimizer=optimizer,
                          lr_scheduler=lr_scheduler, loss_fn=loss_fn, get_batch=get_batch,
                          num_examples=len(train_set), cfg=vcfg, output_dir=output_dir,
-                         resume=resume, on_validation=on_validation, desc="vae")
-    vae = accelerator.unwrap_model(model).vae.eval()
+                         resume=resume, ema=ema, on_validation=on_validation, desc="vae")
+    vae = current_vae()
     sub = spread_indices(len(train_set), vcfg.scale_factor_images)
     shard = sub[accelerator.process_index::accelerator.num_processes]
     scale = measure_scaling_factor(vae, train_set.subset(shard).as_float(), accelerator)

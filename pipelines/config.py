@@ -48,6 +48,8 @@ class TrainConfig:
     log_steps: int = 10
     seed: int = 0
     num_workers: int = 0
+    ema_decay: float = 0.0  # exponential moving average of the weights, saved as the model; 0 = off
+    ema_warmup: bool = True  # decay ramps up from 0 (diffusers EMAModel), capped at ema_decay
 
 
 @dataclass
@@ -83,7 +85,6 @@ class UNetConfig(TrainConfig):
     beta_start: float = 0.0015
     beta_end: float = 0.0195
     ema_decay: float = 0.999
-    ema_warmup: bool = True
     learning_rate: float = 3e-4
     adam_weight_decay: float = 1e-2
     num_validation_images: int = 4  # per label in the grid every validation_steps
@@ -115,7 +116,6 @@ class StyleGAN2Config(TrainConfig):
     w_avg_beta: float = 0.995  # running per-label mean of w, for truncation
     augment: str = "color,translation,cutout"  # DiffAugment policy ('' = none)
     ema_decay: float = 0.998
-    ema_warmup: bool = True
     num_validation_images: int = 4  # per label in the grid every validation_steps
 
 

@@ -125,3 +125,22 @@ def test_vae_two_cpu_processes(tiny_data, tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["images_seen"] == 3 * 8 * 2
     AutoencoderKL.from_pretrained(tmp_path / "ddp" / "vae")
+
+
+def test_vae_ema_weights_are_what_is_saved_and_checkpointed(tiny_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from pipelines.autoencoder import train_vae
+    from pipelines.config import load_config
+
+    cfg = load_config(TINY, ["--vae.ema_decay", "0.5", "--vae.ema_warmup", "false",
+                             "--vae.max_train_steps", "4", "--vae.checkpointing_steps", "4",
+                             "--vae.disc_weight", "0"])
+    train_vae(cfg, tiny_data, tmp_path)
+    saved = load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
+    averaged = load_file(checkpoint / "ema" / "diffusion_pytorch_model.safetensors")
+    raw = load_file(checkpoint / "model.safetensors")
+    name = "encoder.conv_in.weight"
+    assert torch.equal(saved[name], averaged[name])
+    assert not torch.allclose(saved[name], raw[f"vae.{name}"])  # half-way to the last step's
