@@ -50,7 +50,7 @@ CLUSTER_WORDS = ((0.25, "form distinct clusters"), (0.05, "form overlapping clus
                  (-np.inf, "do not form separate clusters"))  # on silhouette
 MAP_TOLERANCE = 0.05  # 2-D vs feature-space k-NN accuracy within this = "keeps"
 AGREEMENT_AMONG, AGREEMENT_LEAN = 0.8, 0.3  # share of the real slices' own gain over chance
-AGREEMENT_OTHER = 0.05  # this far below chance = closer to the other class
+AGREEMENT_MARGIN = 0.05  # this far above (below) chance = a slight lean to own (other) class
 MIN_REAL_GAIN = 0.05  # real slices' own agreement must beat chance by this to judge generated
 
 
@@ -275,8 +275,10 @@ def _agreement(summary: dict, where: str, who: str) -> str:
         verdict = f"fall among {own}"
     elif gain >= AGREEMENT_LEAN:
         verdict = f"lean towards {own}, less than real slices do"
-    elif agree < chance - AGREEMENT_OTHER:
+    elif agree < chance - AGREEMENT_MARGIN:
         verdict = "sit closer to real slices of the other class"
+    elif agree > chance + AGREEMENT_MARGIN:
+        verdict = f"lean only slightly towards {own}, far less than real slices do"
     else:
         verdict = f"sit no closer to {own} than chance"
     return f"In the {place}, {subject} {verdict} ({numbers})."

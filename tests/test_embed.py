@@ -197,3 +197,16 @@ def test_embed_2d_is_seeded():
     xy = emb.embed_2d(feats, "tsne", seed=0)
     assert xy.shape == (40, 2) and np.isfinite(xy).all()
     np.testing.assert_allclose(xy, emb.embed_2d(feats, "tsne", seed=0))
+
+
+@pytest.mark.parametrize("agree, verdict", [
+    (0.609, "lean only slightly towards real NC slices"),  # the 07:57 demo's generated NC
+    (0.52, "sit no closer to real NC slices than chance"),
+    (0.40, "sit closer to real slices of the other class"),
+    (0.75, "lean towards real NC slices, less than real slices do"),
+])
+def test_agreement_verdict_follows_the_gain_over_chance(agree, verdict):
+    summary = {"k": 10, "real_agreement": {"feature": 0.8985},
+               "generated_agreement": {"feature": {"NC": agree}},
+               "agreement_chance": {"NC": 0.5}}
+    assert verdict in emb._agreement(summary, "feature", "NC")
