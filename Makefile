@@ -11,11 +11,12 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: test demo lint venv clean-demo
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-cache-dir --upgrade pip
 	$(PY) -m pip install -q --no-cache-dir -r requirements.txt
+	$(PY) -m pip install -q --no-cache-dir --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -29,7 +30,7 @@ lint: $(VENV)/.installed
 # The main job on the stand-in data, every stage on the CPU demo config, timed; writes
 # $(DEMO_OUT)/report.md. Rerun to resume an interrupted run.
 demo: $(VENV)/.installed
-	$(PY) -m pipelines.demo --data $(DEMO_DATA) --out $(DEMO_OUT) --config configs/demo.yaml
+	$(PY) -m tools.demo --data $(DEMO_DATA) --out $(DEMO_OUT) --config configs/demo.yaml
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_OUT)

@@ -8,10 +8,17 @@ Writes OUT/embedding.png (coloured by label; generated slices as triangles), emb
 slices' nearest-real label agreement; in the feature space and in the map) and embedding.md (the
 picture, a table and an interpretation derived from the numbers). Spaces: latent = the VAE's
 scaled posterior means; judge = features of the AD/NC classifier trained on the train split
-(cached in MODEL/judge). Sampling settings for --with_generated come from the model's config.
+(cached in MODEL/judge). --with_generated samples with the model's saved sampler, steps and
+guidance unless --scheduler, --num_inference_steps or --guidance_scale say otherwise.
 """
 
-from pipelines.cli import DEFAULT_DATA, DEFAULT_MODEL, script_parser
+from pipelines.cli import (
+    DEFAULT_DATA,
+    DEFAULT_MODEL,
+    add_sampling_args,
+    sampling_overrides,
+    script_parser,
+)
 from pipelines.embedding import METHODS, SPACES, run_embedding
 from pipelines.errors import cli_entry
 
@@ -29,6 +36,7 @@ def main(argv=None):
     parser.add_argument("--space", default="latent", help=" | ".join(SPACES))
     parser.add_argument("--with_generated", type=int, default=0,
                         help="also generate this many slices per label and place them on the map")
+    add_sampling_args(parser)
     parser.add_argument("--max_images", type=int, default=None,
                         help="cap on real slices, every k-th file kept (default: the model "
                              "config's eval.max_real_images)")
@@ -38,7 +46,8 @@ def main(argv=None):
     out = args.out or f"{args.model}/embedding"
     record = run_embedding(args.model, args.data, out, split=args.split, method=args.method,
                            space=args.space, with_generated=args.with_generated,
-                           max_images=args.max_images, seed=args.seed, device=args.device)
+                           max_images=args.max_images, seed=args.seed, device=args.device,
+                           sampling=sampling_overrides(args))
     counts = record["counts"]
     print(f"{record['method']} of {record['space']} features: {counts['real']['total']} real + "
           f"{counts['generated']['total']} generated; k-NN accuracy "

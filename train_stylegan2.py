@@ -12,7 +12,7 @@ embed.py --space judge and evaluate.py take OUTPUT_DIR as --model.
 
 from pipelines.cli import add_run_args, parse_with_config, script_parser
 from pipelines.errors import cli_entry
-from pipelines.gan import train_stylegan2
+from pipelines.stylegan2.trainer import train_stylegan2
 
 
 @cli_entry

@@ -10,8 +10,8 @@ Writes OUTPUT_DIR/{model_index.json,vae,unet,scheduler,README.md,metrics.json,sa
 """
 
 from pipelines.cli import add_run_args, parse_with_config, script_parser
-from pipelines.diffusion import train_unet
 from pipelines.errors import cli_entry
+from pipelines.ldm.trainer import train_unet
 
 
 @cli_entry

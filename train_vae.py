@@ -8,9 +8,9 @@ Any config key can be overridden, e.g. --resolution 64 --max_train_steps 2000 --
 Writes OUTPUT_DIR/vae (diffusers AutoencoderKL), OUTPUT_DIR/metrics.json, samples/, logs/.
 """
 
-from pipelines.autoencoder import train_vae
 from pipelines.cli import add_run_args, parse_with_config, script_parser
 from pipelines.errors import cli_entry
+from pipelines.vae.trainer import train_vae
 
 
 @cli_entry

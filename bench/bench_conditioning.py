@@ -12,17 +12,14 @@ image and training img/s (median of --steps, fp32).
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.config import load_config  # noqa: E402
-from pipelines.models import build_unet, label_inputs  # noqa: E402
+from pipelines.config import load_config
+from pipelines.ldm.pipeline_adni import label_inputs
+from pipelines.ldm.unet import build_unet
 
 
 def main():

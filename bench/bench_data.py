@@ -8,13 +8,9 @@ Prints the median of --repeats runs of pipelines.data.load_split (JPEG decode th
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.data import load_split  # noqa: E402
+from pipelines.data import load_split
 
 
 def main():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,18 +21,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.config import load_config  # noqa: E402
-from pipelines.data import CLASS_NAMES, NATIVE_SIZE, load_split  # noqa: E402
-from pipelines.embedding import (  # noqa: E402
+from pipelines.config import load_config
+from pipelines.data import CLASS_NAMES, NATIVE_SIZE, load_split
+from pipelines.embedding import (
     METHODS,
     embed_2d,
     encode_latents,
     plot_embedding,
     summarise,
 )
-from pipelines.models import build_vae, load_vae  # noqa: E402
+from pipelines.vae.model import build_vae, load_vae
 
 SLICES_PER_PATIENT = 20
 

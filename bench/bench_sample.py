@@ -7,14 +7,10 @@ the UNet was trained for, the reference the fast sampler is compared with.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.pipeline import make_scheduler  # noqa: E402
-from pipelines.sampling import generate, load_pipeline, saved_config  # noqa: E402
+from pipelines.ldm.pipeline_adni import make_scheduler
+from pipelines.sampling import generate, load_pipeline, sampling_settings
 
 
 def main():
@@ -24,14 +20,14 @@ def main():
     parser.add_argument("--runs", default="dpmsolver++:20,ddim:50,ddpm:1000")
     args = parser.parse_args()
     pipe = load_pipeline(args.model)
-    guidance = saved_config(args.model).sample.guidance_scale
     base = pipe.scheduler.config
     for run in args.runs.split(","):
         name, steps = run.split(":")
         pipe.scheduler = make_scheduler(name, base)
+        settings = sampling_settings(pipe, num_inference_steps=int(steps))
         t0 = time.perf_counter()
         generate(pipe, "AD", args.num_images, seed=0, batch_size=args.num_images,
-                 guidance_scale=guidance, num_inference_steps=int(steps), progress=False)
+                 settings=settings, progress=False)
         dt = time.perf_counter() - t0
         print(f"{name:12s} {int(steps):5d} steps: {args.num_images / dt:8.2f} img/s "
               f"({dt:.1f} s for {args.num_images})")

@@ -17,21 +17,19 @@ Measures img/s (median over --steps timed steps after 2 warm-up steps) for:
 
 import argparse
 import statistics
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.config import load_config  # noqa: E402
-from pipelines.diffusion import training_scheduler  # noqa: E402
-from pipelines.gan import build_stylegan2  # noqa: E402
-from pipelines.losses import StyleGAN2TrainingModel, VAETrainingModel, diffusion_loss  # noqa: E402
-from pipelines.models import build_unet, build_vae, count_parameters, vae_downsample_factor  # noqa
-from pipelines.training import cpu_has_bf16  # noqa: E402
+from pipelines.config import load_config
+from pipelines.ldm.objective import diffusion_loss, training_scheduler
+from pipelines.ldm.unet import build_unet
+from pipelines.stylegan2.objective import StyleGAN2TrainingModel
+from pipelines.stylegan2.trainer import build_stylegan2
+from pipelines.training import count_parameters, cpu_has_bf16
+from pipelines.vae.model import build_vae, vae_downsample_factor
+from pipelines.vae.objective import VAETrainingModel
 
 BF16_PEAK_GFLOPS = 370.0  # measured matmul peak of the dev machines (../shared/REFERENCES.md)
 

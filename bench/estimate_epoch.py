@@ -10,19 +10,15 @@ run measures the real figure, this is how the configs' "expected time per epoch"
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_train import step_flops  # noqa: E402  (bench/ is on sys.path when run as a script)
-
-from pipelines.config import load_config  # noqa: E402
-from pipelines.diffusion import training_scheduler  # noqa: E402
-from pipelines.losses import VAETrainingModel, diffusion_loss  # noqa: E402
-from pipelines.models import build_unet, build_vae, vae_downsample_factor  # noqa: E402
+from bench.bench_train import step_flops
+from pipelines.config import load_config
+from pipelines.ldm.objective import diffusion_loss, training_scheduler
+from pipelines.ldm.unet import build_unet
+from pipelines.vae.model import build_vae, vae_downsample_factor
+from pipelines.vae.objective import VAETrainingModel
 
 
 def main():

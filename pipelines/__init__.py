@@ -1,21 +1,28 @@
-"""ADNI AD/NC class-conditioned latent diffusion (and its StyleGAN2 baseline): data, models,
-training loop, pipelines, metrics.
+"""ADNI AD/NC class-conditioned latent diffusion (and its StyleGAN2 baseline).
+
+One subpackage per model, each holding its network, objective, trainer and pipeline:
+``vae`` (the greyscale AutoencoderKL), ``ldm`` (the class-conditioned UNet on its latents) and
+``stylegan2`` (the baseline). Shared pieces are written once: ``config``, ``data``, ``slices``
+(labels, pixel ranges, the native crop), ``training`` (the one loop), ``files`` (atomic writes),
+``hub`` (portable model folders), ``sampling``, ``metrics``, ``judge``, ``evaluation``,
+``embedding``, ``plots``.
 
 Names load on first use: `python -m pipelines.data` then runs its module only once.
 """
 
 _LAZY = {
-    "CLASS_NAMES": "data",
-    "LABEL_IDS": "data",
-    "NULL_LABEL": "data",
-    "ADNIDiffusionPipeline": "pipeline",
-    "StyleGAN2Pipeline": "pipeline",
+    "CLASS_NAMES": "slices",
+    "NULL_LABEL": "slices",
+    "parse_label": "slices",
+    "ADNIDiffusionPipeline": "ldm.pipeline_adni",
+    "StyleGAN2Pipeline": "stylegan2.pipeline_stylegan2",
+    "load_pipeline": "sampling",
     "load_config": "config",
     "Config": "config",
     "load_split": "data",
-    "train_vae": "autoencoder",
-    "train_unet": "diffusion",
-    "train_stylegan2": "gan",
+    "train_vae": "vae.trainer",
+    "train_unet": "ldm.trainer",
+    "train_stylegan2": "stylegan2.trainer",
 }
 
 

@@ -38,3 +38,20 @@ def add_run_args(parser: argparse.ArgumentParser, default_output: str) -> None:
     parser.add_argument("--output_dir", default=default_output, help="where the run is written")
     parser.add_argument("--resume_from_checkpoint", default=None,
                         help="'latest' or a checkpoint folder; a fresh run if none exists")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """The flags over a model's saved sampler, steps and guidance (one set for every script)."""
+    from .ldm.pipeline_adni import SCHEDULERS
+
+    group = parser.add_argument_group("sampling (default: the settings saved with the model)")
+    group.add_argument("--scheduler", default=None, choices=list(SCHEDULERS))
+    group.add_argument("--num_inference_steps", type=int, default=None)
+    group.add_argument("--guidance_scale", type=float, default=None,
+                       help="classifier-free guidance; 1 = no guidance, larger = more typical")
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict:
+    """The sampling flags that were given, for ``sampling.sampling_settings``."""
+    return {"scheduler": args.scheduler, "num_inference_steps": args.num_inference_steps,
+            "guidance_scale": args.guidance_scale}

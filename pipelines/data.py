@@ -25,16 +25,23 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError, cli_entry
+from .slices import (  # noqa: F401  (re-exported: the data layer's names)
+    CLASS_NAMES,
+    NATIVE_SIZE,
+    NULL_LABEL,
+    parse_label,
+    to_model_input,
+    to_native,
+    to_pixels,
+    to_unit_range,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-CLASS_NAMES = ("NC", "AD")  # index = label id
 LABEL_IDS = {name: i for i, name in enumerate(CLASS_NAMES)}
-NULL_LABEL = len(CLASS_NAMES)  # the "no label" id for classifier-free guidance
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-NATIVE_SIZE = (256, 240)  # (width, height) of an ADNI AD_NC slice as PIL reports it
 
 
 def patient_id(filename: str) -> str:
@@ -45,47 +52,13 @@ def patient_id(filename: str) -> str:
 
 def label_id(label: str | int) -> int:
     """'AD'/'NC' (any case) or 0/1 -> label id; anything else is a user error."""
-    if isinstance(label, str) and label.upper() in LABEL_IDS:
-        return LABEL_IDS[label.upper()]
-    if isinstance(label, (int, np.integer)) and 0 <= int(label) < len(CLASS_NAMES):
-        return int(label)
-    if isinstance(label, str) and label.isdigit():
-        return label_id(int(label))
-    raise UserError(f"unknown label {label!r}; use one of {', '.join(CLASS_NAMES)} (or ids 0, 1)")
+    try:
+        return parse_label(label)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
-# ----------------------------------------------------------------------------- geometry
-
-
-def pad_to_square(pixels: np.ndarray) -> np.ndarray:
-    """Centre a (H, W) slice on a black square of side max(H, W)."""
-    h, w = pixels.shape
-    side = max(h, w)
-    out = np.zeros((side, side), dtype=pixels.dtype)
-    top, left = (side - h) // 2, (side - w) // 2
-    out[top : top + h, left : left + w] = pixels
-    return out
-
-
-def to_model_input(pixels: np.ndarray, resolution: int) -> np.ndarray:
-    """(H, W) uint8 native slice -> (R, R) uint8: pad to a square, then an antialiased resize."""
-    square = pad_to_square(pixels)
-    if square.shape[0] == resolution:
-        return square
-    return np.asarray(Image.fromarray(square).resize((resolution, resolution), Image.LANCZOS))
-
-
-def to_native(pixels: np.ndarray, native_size: tuple[int, int] = NATIVE_SIZE) -> np.ndarray:
-    """Inverse of :func:`to_model_input`: (R, R) -> (H, W) for ``native_size`` = (W, H).
-
-    Exact when R equals the padded side (256 for ADNI); otherwise a resize then the same crop.
-    """
-    w, h = native_size
-    side = max(w, h)
-    if pixels.shape[0] != side:
-        pixels = np.asarray(Image.fromarray(pixels).resize((side, side), Image.LANCZOS))
-    top, left = (side - h) // 2, (side - w) // 2
-    return pixels[top : top + h, left : left + w]
+# ----------------------------------------------------------------------------- decoding
 
 
 def to_uint8_grey(image: Image.Image) -> tuple[np.ndarray, str | None]:
@@ -98,16 +71,6 @@ def to_uint8_grey(image: Image.Image) -> tuple[np.ndarray, str | None]:
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return arr, f"mode {image.mode} scaled to 8-bit greyscale"
     return np.asarray(image.convert("L")), f"mode {image.mode} converted to greyscale (L)"
-
-
-def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels (0..255) -> float in [-1, 1], the range every network here works in."""
-    return pixels.float() / 127.5 - 1.0
-
-
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1] -> uint8 pixels, same shape (the inverse of to_unit_range)."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- scanning
@@ -141,7 +104,7 @@ def scan(root: str | Path, splits: tuple[str, ...] = SPLITS) -> ScanReport:
     root = Path(root)
     if not root.exists():
         raise UserError(f"data folder {root} does not exist; point --data at your AD_NC folder "
-                        "(or write the stand-in set: python -m pipelines.phantom --out DIR)")
+                        "(or write the stand-in set: python -m tools.phantom --out DIR)")
     if not root.is_dir():
         raise UserError(f"data path {root} is not a folder; point --data at your AD_NC folder")
     report = ScanReport(root=root)

@@ -17,7 +17,6 @@ features of the AD/NC classifier of ``pipelines.judge``, trained on the train sp
 from __future__ import annotations
 
 import csv
-import json
 import time
 import warnings
 from collections import Counter
@@ -29,11 +28,11 @@ import torch
 from .config import Config
 from .data import CLASS_NAMES, load_split
 from .errors import UserError
+from .files import write_json
 from .judge import judge_for
-from .latents import encode_posterior
+from .ldm.latents import encode_posterior
 from .metrics import knn_label_accuracy, knn_label_agreement, silhouette
-from .plots import to_uint8
-from .sampling import generate, load_pipeline, saved_config, use_scheduler
+from .sampling import generate, load_pipeline, sampling_settings, saved_config
 
 METHODS = {"umap": "UMAP", "tsne": "t-SNE"}  # --method -> name on the axes
 SPACES = ("latent", "judge")
@@ -110,19 +109,17 @@ def real_features(space: str, pipe, pixels: torch.Tensor, judge, progress: bool)
 
 
 def generated_features(space: str, pipe, judge, per_label: int, cfg: Config, seed: int,
-                       progress: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                       progress: bool, settings: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``per_label`` generated slices of each class as features, their labels and names."""
     feats, labels, names = [], [], []
     for label_id, name in enumerate(CLASS_NAMES):
         images = generate(pipe, name, per_label, seed=seed, batch_size=cfg.sample.batch_size,
-                          guidance_scale=cfg.sample.guidance_scale,
-                          num_inference_steps=cfg.sample.num_inference_steps,
-                          output_type="latent" if space == "latent" else "square",
+                          settings=settings, native_size=False, latents=space == "latent",
                           progress=progress)
         if space == "latent":  # the pipeline's latents are already scaled
             feats.append(images.float().flatten(1).cpu().numpy())
-        else:  # quantised to 8 bits, like the real slices
-            feats.append(judge.features(to_uint8(images)[:, None]))
+        else:  # 8-bit pixels, like the real slices
+            feats.append(judge.features(torch.from_numpy(images)[:, None]))
         labels += [label_id] * per_label
         names += [f"generated/{name}_{i:04d}" for i in range(per_label)]
     return np.concatenate(feats).astype(np.float32), np.array(labels), names
@@ -395,11 +392,13 @@ def _timed(seconds: dict, name: str, fn, *args):
 
 def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method: str | None = None,
                   space: str = "latent", with_generated: int = 0, max_images: int | None = None,
-                  seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
+                  seed: int = 0, device: str = "cpu", progress: bool = True,
+                  sampling: dict | None = None) -> dict:
     """Encode, (generate,) embed, measure, draw and write the four files; returns the record.
 
     ``method`` and ``max_images`` default to the model config's ``eval.embed_method`` and
-    ``eval.max_real_images``; sampling settings come from its ``sample`` section.
+    ``eval.max_real_images``; the sampler, steps and guidance are the model's saved ones, with
+    ``sampling`` (flags: scheduler, num_inference_steps, guidance_scale) over them.
     """
     cfg = saved_config(model_dir)
     method = method or cfg.eval.embed_method
@@ -409,7 +408,7 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
     if space == "latent" and not hasattr(pipe, "vae"):
         raise UserError(f"{model_dir} is a {type(pipe).__name__}: it has no VAE latent space; "
                         "use --space judge")
-    use_scheduler(pipe, cfg.sample.scheduler)
+    settings = sampling_settings(pipe, **(sampling or {}))
     resolution = model_resolution(pipe, model_dir)
     real = load_split(data_root, split, resolution, cfg.data.skip_corrupt, progress, max_images)
     real_labels = real.labels.numpy()
@@ -423,7 +422,8 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
     gen_feats, gen_labels, gen_files = np.zeros((0, feats.shape[1]), np.float32), np.zeros(0), []
     if with_generated:
         gen_feats, gen_labels, gen_files = _timed(seconds, "generate", generated_features, space,
-                                                  pipe, judge, with_generated, cfg, seed, progress)
+                                                  pipe, judge, with_generated, cfg, seed, progress,
+                                                  settings)
     gen_labels = gen_labels.astype(int)
     xy = _timed(seconds, "embed", embed_2d, np.concatenate([feats, gen_feats]), method, seed)
     n = len(feats)
@@ -436,9 +436,7 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
               "files": {"png": "embedding.png", "csv": "embedding.csv",
                         "json": "embedding.json", "md": "embedding.md"}}
     if with_generated:
-        record["sampling"] = {"guidance_scale": cfg.sample.guidance_scale,
-                              "num_inference_steps": cfg.sample.num_inference_steps,
-                              "scheduler": cfg.sample.scheduler}
+        record["sampling"] = settings
     record["seconds"] = seconds
     write_outputs(Path(out_dir), record, xy, np.concatenate([real_labels, gen_labels]),
                   real.files + gen_files, n)
@@ -455,6 +453,6 @@ def write_outputs(out_dir: Path, record: dict, xy: np.ndarray, labels: np.ndarra
              f"{counts['real']['total']} real + {counts['generated']['total']} generated")
     plot_embedding(out_dir / record["files"]["png"], xy, labels, generated, title, method_name)
     write_csv(out_dir / record["files"]["csv"], xy, labels, generated, files)
-    (out_dir / record["files"]["json"]).write_text(json.dumps(record, indent=2))
+    write_json(out_dir / record["files"]["json"], record)
     write_markdown(out_dir / record["files"]["md"], record, interpret(record, record["space"],
                                                                       record["method"]))

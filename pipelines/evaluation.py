@@ -17,10 +17,10 @@ import torch
 
 from .config import EvalConfig
 from .data import CLASS_NAMES, SliceSet, load_split
+from .files import write_json
 from .judge import judge_for, tstr_accuracy
 from .metrics import diversity, frechet_distance, nearest_ssim, precision_recall
 from .plots import grid, save_grid, save_png
-from .training import write_json
 
 
 def _subset(slices: SliceSet, n: int, seed: int) -> SliceSet:
@@ -96,8 +96,12 @@ def inception_fid(gen: torch.Tensor, test: SliceSet, weights: str | None) -> flo
 
 def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, out_dir,
                        num_images: int, judge_dir, seed: int = 0,
-                       inception_weights: str | None = None, progress: bool = True) -> dict:
-    """Evaluate ``sample_fn(label, n) -> (n, 1, R, R) uint8`` against the real AD_NC splits."""
+                       inception_weights: str | None = None, progress: bool = True,
+                       sampling: dict | None = None) -> dict:
+    """Evaluate ``sample_fn(label, n) -> (n, 1, R, R) uint8`` against the real AD_NC splits.
+
+    ``sampling``: the settings the images were made with, recorded in metrics.json.
+    """
     out_dir = Path(out_dir)
     t0 = time.time()
     train_all = load_split(data_root, "train", resolution, progress=progress)
@@ -136,6 +140,7 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
     metrics["judge"] = {"val_accuracy": judge.val_accuracy, "reused_from_cache": reused,
                         "dir": str(judge_dir)}
     metrics["num_images_per_label"] = num_images
+    metrics["sampling"] = sampling or {}
     metrics["seconds"] = {"sampling": round(sampling_seconds, 1),
                           "total": round(time.time() - t0, 1)}
     closest_pairs_figure(gen, nn_gen, pair_index, train_all, out_dir / "closest_pairs.png")

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .data import to_pixels
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 1, H, W) float in [-1, 1] -> (N, H, W) uint8."""
-    return to_pixels(images).squeeze(1).cpu().numpy()
+from .files import atomic_path
+from .slices import to_uint8  # noqa: F401  (re-exported for the trainers' grids)
 
 
 def grid(images: np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
@@ -32,12 +26,9 @@ def grid(images: np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
 
 def save_png(pixels: np.ndarray, path: str | Path) -> Path:
     """Write an (H, W) uint8 array as a greyscale PNG, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(tmp, format="PNG")
+    return Path(path)
 
 
 def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8) -> Path:

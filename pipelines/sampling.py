@@ -1,8 +1,14 @@
-"""Generate labelled slices from a saved model: per-image seeds, PNGs, a grid, a JSON sidecar."""
+"""Generate labelled slices from a saved model: one place that decides how a model samples.
+
+The sampler, steps and guidance saved with a model (its ``scheduler/`` folder and
+``model_index.json``) are the defaults of ``sample.py``, ``evaluate.py``, ``embed.py
+--with_generated`` and the demo; :func:`sampling_settings` applies flags over them the same way
+for all. Per-image seeds make images independent of the batch size.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from pathlib import Path
 
@@ -13,34 +19,34 @@ from tqdm.auto import tqdm
 
 from .config import Config, config_from_dict
 from .errors import UserError
-from .pipeline import PIPELINES, SlicePipeline, make_scheduler
+from .files import write_json
+from .hub import load_pipeline_folder, pipeline_class_name, read_model_index
+from .ldm.pipeline_adni import SCHEDULERS, ADNIDiffusionPipeline, make_scheduler
 from .plots import save_grid, save_png
-from .training import write_json
+from .slices import SlicePipeline, to_pixels
+from .stylegan2.networks import StyleGAN2Generator
+from .stylegan2.pipeline_stylegan2 import StyleGAN2Pipeline
+
+PIPELINES = {cls.__name__: cls for cls in (ADNIDiffusionPipeline, StyleGAN2Pipeline)}
+CUSTOM_COMPONENTS = {"StyleGAN2Generator": StyleGAN2Generator}
 
 
 def load_pipeline(model_dir: str | Path, device: str = "cpu") -> SlicePipeline:
-    """Load a saved pipeline offline, with a clear message when the folder is not one."""
+    """This repository's pipeline class from a saved folder, with a clear message if it is none."""
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise UserError(f"no model at {model_dir}; train one (make demo, or train_unet.py) or "
                         "pass --model OUT")
-    index = model_dir / "model_index.json"
     try:
-        class_name = json.loads(index.read_text()).get("_class_name")
-    except (OSError, json.JSONDecodeError):
+        class_name = pipeline_class_name(read_model_index(model_dir))
+    except ValueError:
         class_name = None
     if class_name not in PIPELINES:
         raise UserError(f"{model_dir} is not a model of this project (no model_index.json naming "
                         f"{' or '.join(PIPELINES)}); pass the OUTPUT_DIR of train_unet.py or "
                         "train_stylegan2.py")
-    pipe = PIPELINES[class_name].from_pretrained(model_dir)
+    pipe = load_pipeline_folder(model_dir, PIPELINES, CUSTOM_COMPONENTS)
     return pipe.to(resolve_device(device))
-
-
-def use_scheduler(pipe: SlicePipeline, name: str | None) -> None:
-    """Swap in the named sampler on a diffusion pipeline; a GAN has none and ignores it."""
-    if name and hasattr(pipe, "scheduler"):
-        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
 
 
 def resolve_device(device: str) -> str:
@@ -56,16 +62,60 @@ def saved_config(model_dir: str | Path) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text())) if path.is_file() else Config()
 
 
+def sampling_settings(pipe: SlicePipeline, scheduler: str | None = None,
+                      num_inference_steps: int | None = None,
+                      guidance_scale: float | None = None) -> dict:
+    """The model's saved sampler, steps and guidance, with any given flag over them.
+
+    Swaps the named scheduler into ``pipe``. A GAN has none of the three: giving one is an error.
+    Returns the settings a call then uses (``{}`` for a GAN), to pass as keyword arguments.
+    """
+    given = {"scheduler": scheduler, "num_inference_steps": num_inference_steps,
+             "guidance_scale": guidance_scale}
+    settings = pipe.sampling_settings()
+    if not settings:
+        used = [f"--{k}" for k, v in given.items() if v is not None]
+        if used:
+            raise UserError(f"{', '.join(used)} does not apply to a {type(pipe).__name__} (no "
+                            "sampler, steps or guidance); leave it out")
+        return {}
+    if scheduler is not None:
+        if scheduler not in SCHEDULERS:
+            raise UserError(f"unknown scheduler {scheduler!r}; use one of "
+                            f"{', '.join(SCHEDULERS)}")
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    settings |= {k: v for k, v in given.items() if v is not None}
+    steps, guidance = settings["num_inference_steps"], settings["guidance_scale"]
+    if not isinstance(steps, int) or steps < 1:
+        raise UserError(f"--num_inference_steps must be a positive integer, got {steps}")
+    if not (math.isfinite(guidance) and guidance >= 1):
+        raise UserError(f"--guidance_scale must be a finite number >= 1 (1 means no guidance: "
+                        f"the conditional model alone), got {guidance}")
+    return settings
+
+
+def call_kwargs(settings: dict) -> dict:
+    """The part of the settings a pipeline call takes (the scheduler is already swapped in)."""
+    return {k: v for k, v in settings.items() if k != "scheduler"}
+
+
 def image_seed(seed: int, label: int, index: int) -> int:
     """Each image has its own seed, so images do not depend on the batch size."""
     return (seed * 1_000_003 + label * 100_003 + index) % (2**63)
 
 
-def generate(pipe: SlicePipeline, label: str, num_images: int, *, seed: int,
-             batch_size: int, guidance_scale: float, num_inference_steps: int,
-             output_type: str = "np", progress: bool = True):
-    """``num_images`` images of one label, batched, each from its own seeded generator."""
-    label_id = pipe.label_ids([label])[0]
+def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_size: int,
+             settings: dict, native_size: bool = True, latents: bool = False,
+             progress: bool = True):
+    """``num_images`` images of one label, batched, each from its own seeded generator.
+
+    Returns (N, H, W) uint8 pixels (native 256x240, or the model's square), or with
+    ``latents=True`` the scaled latents of a diffusion model.
+    """
+    try:
+        label_id = pipe.label_ids([label])[0]
+    except ValueError as err:
+        raise UserError(str(err)) from None
     pipe.set_progress_bar_config(disable=True)
     outs = []
     bar = tqdm(total=num_images, desc=f"sample {label}", disable=not progress, leave=False)
@@ -73,28 +123,33 @@ def generate(pipe: SlicePipeline, label: str, num_images: int, *, seed: int,
         n = min(batch_size, num_images - start)
         gens = [torch.Generator().manual_seed(image_seed(seed, label_id, start + i))
                 for i in range(n)]
-        out = pipe([label_id], num_images_per_label=n, guidance_scale=guidance_scale,
-                   num_inference_steps=num_inference_steps, generator=gens,
-                   output_type=output_type).images
-        outs.append(out)
+        try:
+            out = pipe([label_id], num_images_per_label=n, generator=gens,
+                       output_type="latent" if latents else "pt", native_size=native_size,
+                       **call_kwargs(settings)).images
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        outs.append(out if latents else to_pixels(out * 2 - 1)[:, 0].numpy())
         bar.update(n)
     bar.close()
-    return np.concatenate(outs) if output_type == "np" else torch.cat(outs)
+    return torch.cat(outs) if latents else np.concatenate(outs)
 
 
 def sample_to_folder(model_dir, labels: list[str], out_dir, *, num_images: int, seed: int,
-                     batch_size: int, guidance_scale: float, num_inference_steps: int,
-                     scheduler: str, device: str = "cpu") -> dict:
-    """Write OUT/<label>/<label>_NNNN.png, OUT/grid_<label>.png and OUT/sample.json."""
+                     batch_size: int, settings: dict | None = None, device: str = "cpu",
+                     **overrides) -> dict:
+    """Write OUT/<label>/<label>_NNNN.png, OUT/grid_<label>.png and OUT/sample.json.
+
+    ``overrides``: scheduler / num_inference_steps / guidance_scale flags over the saved ones.
+    """
     pipe = load_pipeline(model_dir, device)
-    use_scheduler(pipe, scheduler)
+    settings = sampling_settings(pipe, **overrides) if settings is None else settings
     out_dir = Path(out_dir)
-    record = {"model": str(model_dir), "seed": seed, "num_inference_steps": num_inference_steps,
-              "guidance_scale": guidance_scale, "scheduler": scheduler, "labels": {}}
+    record = {"model": str(model_dir), "seed": seed, **settings, "labels": {}}
     for label in labels:
         t0 = time.time()
         images = generate(pipe, label, num_images, seed=seed, batch_size=batch_size,
-                          guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
+                          settings=settings)
         files = [save_png(img, out_dir / label / f"{label}_{i:04d}.png").name
                  for i, img in enumerate(images)]
         save_grid(images, out_dir / f"grid_{label}.png", nrow=8)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import time
@@ -344,31 +343,5 @@ def cosine_lr(optimizer, cfg, num_processes: int = 1):
                          num_training_steps=cfg.max_train_steps * num_processes)
 
 
-def write_json(path: str | Path, data: dict) -> None:
-    """Write JSON atomically (tmp + rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-def save_pretrained_atomic(model, path: str | Path) -> Path:
-    """``model.save_pretrained`` into ``path.tmp``, then swap it in: never a half-written model."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -29,7 +29,7 @@ def run_script(*args, check: bool = True, env: dict | None = None, timeout: int 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Stand-in AD_NC: 3 train + 2 test patients per class, 4 slices each."""
-    from pipelines.phantom import write_phantom
+    from tools.phantom import write_phantom
 
     out = tmp_path_factory.mktemp("data") / "AD_NC"
     write_phantom(out, train_patients=3, test_patients=2, slices=4, seed=0, workers=1)
@@ -38,8 +38,8 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vae_run(tiny_data, tmp_path_factory) -> Path:
-    from pipelines.autoencoder import train_vae
     from pipelines.config import load_config
+    from pipelines.vae.trainer import train_vae
 
     out = tmp_path_factory.mktemp("vae_run")
     train_vae(load_config(TINY), tiny_data, out)
@@ -49,7 +49,7 @@ def tiny_vae_run(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_vae_run, tiny_data, tmp_path_factory) -> Path:
     from pipelines.config import load_config
-    from pipelines.diffusion import train_unet
+    from pipelines.ldm.trainer import train_unet
 
     out = tmp_path_factory.mktemp("ldm")
     train_unet(load_config(TINY), tiny_vae_run / "vae", tiny_data, out)

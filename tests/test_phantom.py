@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pipelines import phantom
 from pipelines.data import CLASS_NAMES, NATIVE_SIZE, SPLITS, inspect_folder, patient_id
 from pipelines.errors import UserError
+from tools import phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train_patients": 2, "test_patients": 2, "slices": 3}
@@ -150,7 +150,7 @@ def test_out_that_is_a_file_or_foreign_folder_is_refused(tmp_path):
 
 
 def test_cli_exits_2_on_bad_input(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipelines.phantom", "--out",
+    proc = subprocess.run([sys.executable, "-m", "tools.phantom", "--out",
                            str(tmp_path / "x"), "--train_patients", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -160,6 +160,6 @@ def test_cli_exits_2_on_bad_input(tmp_path):
 def test_cli_refuses_a_file_as_out(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.phantom", "--out", str(a_file)],
+    proc = subprocess.run([sys.executable, "-m", "tools.phantom", "--out", str(a_file)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "is a file" in proc.stderr

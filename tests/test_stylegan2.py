@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from pipelines.config import load_config
-from pipelines.losses import StyleGAN2TrainingModel
-from pipelines.pipeline import StyleGAN2Pipeline
-from pipelines.stylegan2 import (
+from pipelines.stylegan2.networks import (
     ModulatedConv2d,
     StyleGAN2Discriminator,
     StyleGAN2Generator,
     diff_augment,
 )
+from pipelines.stylegan2.objective import StyleGAN2TrainingModel
+from pipelines.stylegan2.pipeline_stylegan2 import StyleGAN2Pipeline
 
 from .conftest import ROOT, TINY, run_script
 from .test_vae import kill_and_resume
@@ -26,7 +26,7 @@ from .test_vae import kill_and_resume
 
 @pytest.fixture(scope="module")
 def tiny_gan(tiny_data, tmp_path_factory):
-    from pipelines.gan import train_stylegan2
+    from pipelines.stylegan2.trainer import train_stylegan2
 
     out = tmp_path_factory.mktemp("stylegan2")
     train_stylegan2(load_config(TINY), tiny_data, out)

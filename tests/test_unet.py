@@ -11,12 +11,12 @@ from PIL import Image
 
 from pipelines.config import load_config
 from pipelines.data import load_split
-from pipelines.diffusion import drop_labels, training_scheduler
-from pipelines.latents import build_latent_cache
-from pipelines.losses import diffusion_loss, min_snr_weight
-from pipelines.models import build_unet, load_vae
-from pipelines.pipeline import ADNIDiffusionPipeline, make_scheduler
+from pipelines.ldm.latents import build_latent_cache
+from pipelines.ldm.objective import diffusion_loss, drop_labels, min_snr_weight, training_scheduler
+from pipelines.ldm.pipeline_adni import ADNIDiffusionPipeline, make_scheduler
+from pipelines.ldm.unet import build_unet
 from pipelines.sampling import generate
+from pipelines.vae.model import load_vae
 
 from .conftest import ROOT, TINY, run_script
 from .test_vae import kill_and_resume

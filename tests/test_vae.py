@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from pipelines.errors import UserError
-from pipelines.models import adapt_to_greyscale, load_vae
+from pipelines.vae.model import adapt_to_greyscale, load_vae
 
 from .conftest import ROOT, TINY, run_script
 
@@ -130,8 +130,8 @@ def test_vae_two_cpu_processes(tiny_data, tmp_path):
 def test_vae_ema_weights_are_what_is_saved_and_checkpointed(tiny_data, tmp_path):
     from safetensors.torch import load_file
 
-    from pipelines.autoencoder import train_vae
     from pipelines.config import load_config
+    from pipelines.vae.trainer import train_vae
 
     cfg = load_config(TINY, ["--vae.ema_decay", "0.5", "--vae.ema_warmup", "false",
                              "--vae.max_train_steps", "4", "--vae.checkpointing_steps", "4",

@@ -12,45 +12,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 
-from .config import Config
-from .data import CLASS_NAMES, NULL_LABEL, load_train_val
-from .errors import UserError
+from ..config import Config
+from ..data import CLASS_NAMES, NULL_LABEL, load_train_val
+from ..errors import UserError
+from ..files import write_json
+from ..hub import card_header, save_pipeline, usage_snippet
+from ..plots import save_grid, to_uint8
+from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
+from ..vae.model import load_vae, vae_downsample_factor
 from .latents import build_latent_cache
-from .losses import diffusion_loss
-from .models import build_unet, count_parameters, load_vae, vae_downsample_factor
-from .pipeline import ADNIDiffusionPipeline, make_scheduler, save_pipeline
-from .plots import save_grid, to_uint8
-from .training import EMAWeights, make_accelerator, prepare_run, run_training, write_json
+from .objective import diffusion_loss, drop_labels, training_scheduler
+from .pipeline_adni import ADNIDiffusionPipeline, make_scheduler
+from .unet import build_unet
 
 
-def training_scheduler(ucfg) -> DDPMScheduler:
-    if ucfg.prediction_type not in ("epsilon", "v_prediction"):
-        raise UserError(f"unet.prediction_type must be epsilon or v_prediction, "
-                        f"got {ucfg.prediction_type!r}")
-    return DDPMScheduler(num_train_timesteps=ucfg.num_train_timesteps,
-                         beta_schedule=ucfg.beta_schedule, beta_start=ucfg.beta_start,
-                         beta_end=ucfg.beta_end, prediction_type=ucfg.prediction_type,
-                         clip_sample=False)
-
-
-def drop_labels(class_labels: torch.Tensor, prob: float, generator=None) -> torch.Tensor:
-    """Replace labels by the null label with probability ``prob`` (classifier-free guidance)."""
-    drop = torch.rand(class_labels.shape, generator=generator) < prob
-    return torch.where(drop, torch.full_like(class_labels, NULL_LABEL), class_labels)
-
-
-def build_pipeline(vae, unet, noise_scheduler, scheduler_name: str = "dpmsolver++"):
-    return ADNIDiffusionPipeline(vae=vae, unet=unet,
-                                 scheduler=make_scheduler(scheduler_name, noise_scheduler.config))
+def build_pipeline(vae, unet, noise_scheduler, sample_cfg) -> ADNIDiffusionPipeline:
+    """The pipeline as saved: the config's sampler, steps and guidance become its defaults."""
+    return ADNIDiffusionPipeline(
+        vae=vae, unet=unet, scheduler=make_scheduler(sample_cfg.scheduler, noise_scheduler.config),
+        guidance_scale=sample_cfg.guidance_scale,
+        num_inference_steps=sample_cfg.num_inference_steps)
 
 
 def model_card(cfg: Config, data_root, metrics: dict) -> str:
-    return f"""---
-library_name: diffusers
-tags: [latent-diffusion, medical-imaging, brain-mri, adni, class-conditional]
----
+    tags = ["latent-diffusion", "medical-imaging", "brain-mri", "adni", "class-conditional"]
+    return card_header(tags, "ADNIDiffusionPipeline") + f"""
 # ADNI AD/NC class-conditioned latent diffusion
 
 Generates 8-bit greyscale axial brain MRI slices ({cfg.data.resolution} px, cropped back to
@@ -63,12 +50,19 @@ Generates 8-bit greyscale axial brain MRI slices ({cfg.data.resolution} px, crop
   {cfg.unet.snr_gamma}, EMA {cfg.unet.ema_decay}, label dropout {cfg.unet.cond_drop_prob}
 - Trained {metrics['steps']} steps ({metrics['wall_seconds'] / 60:.1f} min,
   {metrics['img_per_s']:.1f} img/s)
+- Sampling defaults (saved with the model, used by every entry point unless overridden):
+  {cfg.sample.scheduler}, {cfg.sample.num_inference_steps} steps, guidance
+  {cfg.sample.guidance_scale}
 
-```python
-from pipelines import ADNIDiffusionPipeline
-pipe = ADNIDiffusionPipeline.from_pretrained("{Path(metrics['output_dir']).as_posix()}")
-images = pipe(["AD"], num_images_per_label=4, guidance_scale={cfg.sample.guidance_scale}).images
-```
+## Use it with diffusers alone
+
+The folder carries its pipeline code (`pipeline_adni.py`, `slices.py`), so it loads without the
+repository that trained it:
+
+{usage_snippet('pipe(["AD", "NC"], num_images_per_label=2, generator=torch.manual_seed(0)).images')}
+
+`class_labels` takes names or ids (NC = 0, AD = 1); `output_type` "pil", "np" or "pt";
+`native_size=False` keeps the square model output.
 
 Full training config:
 
@@ -119,14 +113,15 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
         return ema.copy(accelerator.unwrap_model(unet))
 
     def on_validation(step):
-        pipe = build_pipeline(vae, ema_unet(), noise_scheduler).to(accelerator.device)
+        pipe = build_pipeline(vae, ema_unet(), noise_scheduler, cfg.sample).to(
+            accelerator.device)
         pipe.set_progress_bar_config(disable=True)
         n = ucfg.num_validation_images
         images = pipe(list(CLASS_NAMES), num_images_per_label=n,
-                      guidance_scale=cfg.sample.guidance_scale,
-                      num_inference_steps=cfg.sample.num_inference_steps,
-                      generator=torch.Generator().manual_seed(0), output_type="square").images
-        save_grid(to_uint8(images), output_dir / "samples" / f"step-{step:06d}.png", nrow=n)
+                      generator=torch.Generator().manual_seed(0), output_type="pt",
+                      native_size=False).images
+        save_grid(to_uint8(images * 2 - 1), output_dir / "samples" / f"step-{step:06d}.png",
+                  nrow=n)
 
     t0 = time.time()
     state = run_training(accelerator=accelerator, model=unet, optimizer=optimizer,
@@ -147,7 +142,7 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
             "class_names": list(CLASS_NAMES),
             "labels_in_training": np.bincount(cache.labels.numpy(), minlength=2).tolist(),
         }
-        pipe = build_pipeline(vae.float(), ema_unet(), noise_scheduler)
+        pipe = build_pipeline(vae.float(), ema_unet(), noise_scheduler, cfg.sample)
         save_pipeline(pipe, output_dir, model_card(cfg, data_root, metrics))
         write_json(output_dir / "metrics.json", metrics)
         accelerator.print(f"saved pipeline to {output_dir} ({state.step} steps)")

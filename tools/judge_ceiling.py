@@ -11,19 +11,16 @@ VAE (same resolution) against the same judge.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.autoencoder import reconstruct  # noqa: E402
-from pipelines.data import CLASS_NAMES, load_split, spread_indices, to_pixels  # noqa: E402
-from pipelines.judge import Judge  # noqa: E402
-from pipelines.metrics import frechet_distance  # noqa: E402
-from pipelines.models import load_vae  # noqa: E402
-from pipelines.sampling import load_pipeline, saved_config  # noqa: E402
+from pipelines.data import CLASS_NAMES, load_split, spread_indices, to_pixels
+from pipelines.judge import Judge
+from pipelines.metrics import frechet_distance
+from pipelines.sampling import load_pipeline, saved_config
+from pipelines.vae.model import load_vae
+from pipelines.vae.trainer import reconstruct
 
 
 def main():

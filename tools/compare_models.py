@@ -21,12 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.data import CLASS_NAMES  # noqa: E402
-from pipelines.plots import grid, save_png  # noqa: E402
-from pipelines.sampling import generate, load_pipeline, saved_config  # noqa: E402
-from pipelines.training import write_json  # noqa: E402
+from pipelines.files import write_json
+from pipelines.plots import grid, save_png
+from pipelines.sampling import generate, load_pipeline, sampling_settings
+from pipelines.slices import CLASS_NAMES
 
 
 def training_record(model_dir: Path, pipe) -> dict:
@@ -44,13 +42,12 @@ def training_record(model_dir: Path, pipe) -> dict:
             "steps": [s["steps"] for s in stages]}
 
 
-def sampling_speed(pipe, model_dir: Path, n: int, runs: int) -> float:
-    cfg = saved_config(model_dir).sample
+def sampling_speed(pipe, n: int, runs: int) -> float:
+    settings = sampling_settings(pipe)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        generate(pipe, "AD", n, seed=0, batch_size=n, guidance_scale=cfg.guidance_scale,
-                 num_inference_steps=cfg.num_inference_steps, progress=False)
+        generate(pipe, "AD", n, seed=0, batch_size=n, settings=settings, progress=False)
         times.append(time.perf_counter() - t0)
     return n / statistics.median(times)
 
@@ -99,11 +96,10 @@ def figure(pipes, data: Path, out: Path, n: int = 6) -> Path:
         real = sorted((data / "test" / label).glob("*.jpeg"))
         picks = [real[int(i)] for i in np.linspace(0, len(real) - 1, n)]
         rows.append(np.stack([np.asarray(Image.open(p).convert("L")) for p in picks]))
-        for pipe, model_dir, guidance in pipes:
-            cfg = saved_config(model_dir).sample
-            rows.append(generate(pipe, label, n, seed=0, batch_size=n,
-                                 guidance_scale=guidance or cfg.guidance_scale,
-                                 num_inference_steps=cfg.num_inference_steps, progress=False))
+        for pipe, guidance in pipes:
+            settings = sampling_settings(pipe, guidance_scale=guidance)
+            rows.append(generate(pipe, label, n, seed=0, batch_size=n, settings=settings,
+                                 progress=False))
     return save_png(grid(np.concatenate(rows), nrow=n, pad=4), out / "comparison.png")
 
 
@@ -131,11 +127,11 @@ def main():
         if not metrics.is_file():
             sys.exit(f"{metrics} is missing: run `python evaluate.py --model {model}` first")
         pipe = load_pipeline(model)
-        pipes.append((pipe, model, guidance[len(pipes)]))
+        pipes.append((pipe, guidance[len(pipes)]))
         records.append({"model": str(model), "eval_dir": str(eval_dir),
                          "eval": json.loads(metrics.read_text()),
                         **training_record(model, pipe),
-                        "sample_img_per_s": sampling_speed(pipe, model, 16, args.runs)})
+                        "sample_img_per_s": sampling_speed(pipe, 16, args.runs)})
     lines = table(names, records)
     figure(pipes, Path(args.data), out)
     (out / "comparison.md").write_text("\n".join(lines) + "\n\n![side by side](comparison.png)\n"

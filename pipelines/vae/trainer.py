@@ -18,20 +18,14 @@ from torchmetrics.functional.image import (
 from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-from .config import Config
-from .data import CLASS_NAMES, load_train_val, spread_indices, training_images
-from .errors import UserError
-from .losses import VAETrainingModel
-from .models import PatchDiscriminator, adapt_to_greyscale, build_vae, count_parameters, load_vae
-from .plots import save_grid, to_uint8
-from .training import (
-    EMAWeights,
-    make_accelerator,
-    prepare_run,
-    run_training,
-    save_pretrained_atomic,
-    write_json,
-)
+from ..config import Config
+from ..data import CLASS_NAMES, load_train_val, spread_indices, training_images
+from ..errors import UserError
+from ..files import save_pretrained_atomic, write_json
+from ..plots import save_grid, to_uint8
+from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
+from .model import PatchDiscriminator, adapt_to_greyscale, build_vae, load_vae
+from .objective import VAETrainingModel
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data import SliceSet, to_unit_range
+from ..data import SliceSet
+from ..files import atomic_path
+from ..slices import to_unit_range
 
 
 def vae_fingerprint(vae) -> str:
@@ -85,11 +86,9 @@ def build_latent_cache(vae, slices: SliceSet, cache_dir: str | Path, flip: bool,
         if flip:
             tensors["flip_mean"], tensors["flip_std"] = encode_posterior(
                 vae, slices.pixels.flip(-1), batch_size, "encode mirrored")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"key": key, "files": str(len(slices))})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                      metadata={"key": key, "files": str(len(slices))})
     if accelerator is not None:
         accelerator.wait_for_everyone()
     tensors = load_file(str(path))

@@ -1,6 +1,6 @@
 """`make demo`: every stage on the stand-in data, timed, then one report with the targets.
 
-    python -m pipelines.demo [--data data/phantom] [--out outputs/demo] [--config configs/demo.yaml]
+    python -m tools.demo [--data data/phantom] [--out outputs/demo] [--config configs/demo.yaml]
 
 Each stage is the same command a user runs (so the demo tests the real entry points), started as
 a subprocess; its wall time and the peak memory of the largest process are recorded in
@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import cli_entry
-from .plots import grid, save_png
-from .training import write_json
+from pipelines.errors import cli_entry
+from pipelines.files import write_json
+from pipelines.plots import grid, save_png
 
 
 def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
     py = sys.executable
     return [
-        ("stand-in data", [py, "-m", "pipelines.phantom", "--out", str(data)]),
+        ("stand-in data", [py, "-m", "tools.phantom", "--out", str(data)]),
         ("inspect", [py, "-m", "pipelines.data", "inspect", str(data)]),
         ("train VAE", [py, "train_vae.py", "--config", config, "--data", str(data),
                        "--output_dir", str(out / "vae_run"), "--resume_from_checkpoint",

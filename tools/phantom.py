@@ -16,7 +16,7 @@ systematically but not trivially.
 
 Same seed and counts give byte-identical files. Write the default set (2,080 slices) with::
 
-    python -m pipelines.phantom --out data/AD_NC_phantom [--figure docs/phantom_examples.png]
+    python -m tools.phantom --out data/AD_NC_phantom [--figure docs/phantom_examples.png]
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from .data import CLASS_NAMES, NATIVE_SIZE, SPLITS
-from .errors import UserError, cli_entry
+from pipelines.data import CLASS_NAMES, NATIVE_SIZE, SPLITS
+from pipelines.errors import UserError, cli_entry
 
 GENERATOR_VERSION = 1  # bump when the images change, so old folders are regenerated
 MANIFEST = "phantom.json"  # written last: its presence means the set is complete
@@ -412,7 +412,7 @@ def write_patient(job: Job) -> dict:
 
 
 def _params(train_patients: int, test_patients: int, slices: int, seed: int) -> dict:
-    return {"generator": "pipelines.phantom", "version": GENERATOR_VERSION,
+    return {"generator": "tools.phantom", "version": GENERATOR_VERSION,
             "train_patients": train_patients, "test_patients": test_patients, "slices": slices,
             "seed": seed}
 
@@ -530,7 +530,7 @@ def examples_figure(data_dir, png_path, columns: int = 6) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data import scan
+    from pipelines.data import scan
 
     manifest = _read_manifest(Path(data_dir)) or {}
     severity = {p["patient"]: p["severity"] for p in manifest.get("patients", [])}
@@ -549,7 +549,7 @@ def examples_figure(data_dir, png_path, columns: int = 6) -> Path:
             ax.set_title(f"{label} {middle.stem}{note}", fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
-    fig.suptitle("Stand-in AD_NC slices from pipelines.phantom (MNI152-based, not ADNI data): "
+    fig.suptitle("Stand-in AD_NC slices from tools.phantom (MNI152-based, not ADNI data): "
                  "AD top, NC bottom", fontsize=11)
     fig.tight_layout()
     png_path = Path(png_path)
@@ -564,7 +564,7 @@ def examples_figure(data_dir, png_path, columns: int = 6) -> Path:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.phantom", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.phantom", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write (new, empty, or a set "
                         "written by this command)")

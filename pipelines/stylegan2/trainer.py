@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
-from .data import CLASS_NAMES, load_train_val, training_images
-from .errors import UserError
-from .losses import StyleGAN2TrainingModel
-from .models import count_parameters
-from .pipeline import StyleGAN2Pipeline, save_pipeline
-from .plots import save_grid, to_uint8
-from .stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, diff_augment
-from .training import EMAWeights, make_accelerator, prepare_run, run_training, write_json
+from ..config import Config
+from ..data import CLASS_NAMES, load_train_val, training_images
+from ..errors import UserError
+from ..files import write_json
+from ..hub import card_header, save_pipeline, usage_snippet
+from ..plots import save_grid, to_uint8
+from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
+from .networks import StyleGAN2Discriminator, StyleGAN2Generator, diff_augment
+from .objective import StyleGAN2TrainingModel
+from .pipeline_stylegan2 import StyleGAN2Pipeline
 
 
 def build_stylegan2(cfg: Config) -> tuple[StyleGAN2Generator, StyleGAN2Discriminator]:
@@ -43,10 +44,8 @@ def build_stylegan2(cfg: Config) -> tuple[StyleGAN2Generator, StyleGAN2Discrimin
 
 
 def model_card(cfg: Config, data_root, metrics: dict) -> str:
-    return f"""---
-library_name: diffusers
-tags: [stylegan2, gan, medical-imaging, brain-mri, adni, class-conditional, baseline]
----
+    tags = ["stylegan2", "gan", "medical-imaging", "brain-mri", "adni", "class-conditional"]
+    return card_header(tags, "StyleGAN2Pipeline") + f"""
 # ADNI AD/NC label-conditioned StyleGAN2 (baseline)
 
 Generates 8-bit greyscale axial brain MRI slices ({cfg.data.resolution} px, cropped back to
@@ -61,11 +60,12 @@ ids 0, 1. The seed project's model family, trained as the latent diffusion model
 - Trained {metrics['steps']} steps ({metrics['wall_seconds'] / 60:.1f} min,
   {metrics['img_per_s']:.1f} img/s)
 
-```python
-from pipelines.pipeline import StyleGAN2Pipeline
-pipe = StyleGAN2Pipeline.from_pretrained("{Path(metrics['output_dir']).as_posix()}")
-images = pipe(["AD"], num_images_per_label=4).images
-```
+## Use it with diffusers alone
+
+The folder carries its code (`pipeline_stylegan2.py`, `slices.py`,
+`generator/stylegan2_networks.py`), so it loads without the repository that trained it:
+
+{usage_snippet('pipe(["AD", "NC"], num_images_per_label=2, generator=torch.manual_seed(0)).images')}
 
 Full training config:
 
@@ -110,9 +110,10 @@ def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = Non
     def on_validation(step):
         n = scfg.num_validation_images
         images = ema_pipeline().to(accelerator.device)(
-            list(CLASS_NAMES), num_images_per_label=n, output_type="square",
+            list(CLASS_NAMES), num_images_per_label=n, output_type="pt", native_size=False,
             generator=torch.Generator().manual_seed(0)).images
-        save_grid(to_uint8(images), output_dir / "samples" / f"step-{step:06d}.png", nrow=n)
+        save_grid(to_uint8(images * 2 - 1), output_dir / "samples" / f"step-{step:06d}.png",
+                  nrow=n)
 
     t0 = time.time()
     state = run_training(accelerator=accelerator, model=model, optimizer=optimizer,

@@ -1,0 +1,1 @@
+"""Class-conditioned latent diffusion: UNet, objective, latent cache, trainer, pipeline."""

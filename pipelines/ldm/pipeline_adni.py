@@ -1,0 +1,175 @@
+"""ADNIDiffusionPipeline: class-conditioned latent diffusion of AD / NC brain slices.
+
+Portable: imports only torch, numpy, Pillow, diffusers and ``slices`` (copied beside it), so a
+saved model folder carries this file and loads in plain diffusers::
+
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained("outputs/demo/model", trust_remote_code=True)
+    images = pipe(["AD", "NC"], generator=torch.manual_seed(0)).images
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    ImagePipelineOutput,
+    UNet2DConditionModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..slices import CLASS_NAMES, NATIVE_SIZE, SlicePipeline
+
+SCHEDULERS = {
+    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "ddim": (DDIMScheduler, {"clip_sample": False}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "ddpm": (DDPMScheduler, {"clip_sample": False}),
+}
+
+
+def make_scheduler(name: str, config):
+    """Any supported sampler from a scheduler config (the training one's), clipping off."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}")
+    cls, extra = SCHEDULERS[name]
+    return cls.from_config(config, **extra)
+
+
+def scheduler_name(scheduler) -> str:
+    """The SCHEDULERS key of a scheduler instance (its class, and the DPM algorithm)."""
+    for name, (cls, extra) in SCHEDULERS.items():
+        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in extra.items()
+                                          if k == "algorithm_type"):
+            return name
+    return type(scheduler).__name__
+
+
+def label_inputs(unet, class_labels: torch.Tensor) -> dict:
+    """The keyword arguments that give ``unet`` (bare or wrapped by DDP) the label ids."""
+    inner = getattr(unet, "module", unet)
+    if isinstance(inner, UNet2DConditionModel):
+        tokens = F.one_hot(class_labels, inner.config.encoder_hid_dim)[:, None]
+        return {"encoder_hidden_states": tokens.to(inner.dtype)}
+    return {"class_labels": class_labels}
+
+
+def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): uncond + s (cond - uncond); s = 1: cond."""
+    return uncond + guidance_scale * (cond - uncond)
+
+
+class ADNIDiffusionPipeline(SlicePipeline):
+    """Generate AD / NC brain slices with classifier-free guidance.
+
+    Args:
+        vae: the greyscale AutoencoderKL (its config's ``scaling_factor`` scales the latents).
+        unet: a UNet2DModel with ``num_class_embeds = len(class_names) + 1`` (last id = null),
+            or a UNet2DConditionModel taking the one-hot id as its one context token.
+        scheduler: the sampler; the one saved with the model is the default everywhere.
+        class_names: label names in id order; saved in model_index.json so ids travel with it.
+        native_size: (width, height) the square output is cropped back to.
+        guidance_scale, num_inference_steps: the call's defaults, saved with the model.
+    """
+
+    model_cpu_offload_seq = "unet->vae"
+
+    def __init__(self, vae, unet, scheduler, class_names=CLASS_NAMES, native_size=NATIVE_SIZE,
+                 guidance_scale: float = 4.0, num_inference_steps: int = 20):
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
+        self.register_to_config(class_names=list(class_names), native_size=list(native_size),
+                                guidance_scale=float(guidance_scale),
+                                num_inference_steps=int(num_inference_steps))
+
+    @property
+    def null_label(self) -> int:
+        return len(self.config.class_names)
+
+    @property
+    def resolution(self) -> int:
+        """Side of the square images the model makes (before the crop to the native size)."""
+        return int(self.vae.config.sample_size)
+
+    def sampling_settings(self) -> dict:
+        """What a call does by default: the saved sampler, steps and guidance."""
+        return {"scheduler": scheduler_name(self.scheduler),
+                "num_inference_steps": int(self.config.num_inference_steps),
+                "guidance_scale": float(self.config.guidance_scale)}
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels,
+        num_images_per_label: int = 1,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        native_size: bool = True,
+        return_dict: bool = True,
+    ):
+        """Sample ``num_images_per_label`` slices for each entry of ``class_labels``.
+
+        Args:
+            class_labels: names ("AD", "NC") or ids, or one of them.
+            guidance_scale: 1 = conditional model alone; > 1 pushes away from the unconditional
+                (default: the model's saved value).
+            num_inference_steps: sampler steps (default: the model's saved value).
+            generator: one generator, or one per image (results then do not depend on batching).
+            output_type: "pil", "np" (float [0, 1], NHWC), "pt" (float [0, 1], NCHW) or
+                "latent" (the scaled latents).
+            native_size: crop to the native 256x240 slice (True) or keep the model's square.
+
+        Returns:
+            ImagePipelineOutput with ``images``.
+        """
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        num_inference_steps = (self.config.num_inference_steps if num_inference_steps is None
+                               else num_inference_steps)
+        self.check_output_type(output_type, extra=("latent",))
+        if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
+            raise ValueError(f"num_images_per_label must be an integer >= 1, "
+                             f"got {num_images_per_label!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, "
+                             f"got {num_inference_steps!r}")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 1):
+            raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), "
+                             f"got {guidance_scale}")
+        ids = [i for i in self.label_ids(class_labels) for _ in range(num_images_per_label)]
+        device = self._execution_device
+        labels = torch.tensor(ids, device=device)
+        unet_cfg = self.unet.config
+        shape = (len(ids), unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents * self.scheduler.init_noise_sigma
+        guided = guidance_scale > 1
+        if guided:  # one batched UNet call: [unconditional, conditional]
+            labels = torch.cat([torch.full_like(labels, self.null_label), labels])
+        conditioning = label_inputs(self.unet, labels)  # built once, not per step
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            out = self.unet(model_input, t, **conditioning).sample
+            if guided:
+                out = guide(*out.chunk(2), guidance_scale)
+            latents = self.scheduler.step(out, t, latents, generator=generator).prev_sample
+        images = latents if output_type == "latent" else \
+            self.postprocess(self.decode_latents(latents), output_type, native_size)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def decode_latents(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Scaled latents -> (N, 1, R, R) float images in [-1, 1]."""
+        scale = self.vae.config.scaling_factor
+        outs = [self.vae.decode(chunk.to(self.vae.dtype) / scale).sample.float().clamp(-1, 1)
+                for chunk in latents.split(batch_size)]
+        return torch.cat(outs).cpu()

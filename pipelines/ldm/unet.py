@@ -1,0 +1,44 @@
+"""The denoiser: a stock diffusers UNet conditioned on the AD/NC label (or the null label)."""
+
+from __future__ import annotations
+
+from diffusers import UNet2DConditionModel, UNet2DModel
+
+from ..errors import UserError
+from ..slices import NULL_LABEL
+
+LABEL_IDS = NULL_LABEL + 1  # the classes, then the null label of classifier-free guidance
+
+
+def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNet2DConditionModel:
+    """The denoiser, conditioned on the label id (NC, AD or null) one of two ways.
+
+    ``class_embed``: UNet2DModel whose label embedding is added to the time embedding.
+    ``cross_attention``: UNet2DConditionModel reading the label as one context token: the
+    one-hot id through its ``encoder_hid_proj`` (a Linear, i.e. a learned token table), then
+    cross-attention where ``attention_levels`` put attention. A stock diffusers model either way.
+    """
+    levels = len(cfg.block_out_channels)
+    attention = list(cfg.attention_levels)
+    if len(attention) != levels:
+        raise UserError(f"unet.attention_levels needs {levels} entries (one per block), "
+                        f"got {attention}")
+    widths = tuple(cfg.block_out_channels)
+    common = dict(sample_size=latent_size, in_channels=latent_channels,
+                  out_channels=latent_channels, block_out_channels=widths,
+                  layers_per_block=cfg.layers_per_block, norm_num_groups=min(32, min(widths)))
+    if cfg.conditioning == "class_embed":
+        down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+        up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+        return UNet2DModel(**common, down_block_types=down, up_block_types=up,
+                           attention_head_dim=cfg.attention_head_dim, num_class_embeds=LABEL_IDS)
+    if cfg.conditioning == "cross_attention":
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+        # UNet2DConditionModel's legacy `attention_head_dim` is the number of heads per block.
+        heads = tuple(max(1, w // cfg.attention_head_dim) for w in widths)
+        return UNet2DConditionModel(**common, down_block_types=down, up_block_types=up,
+                                    attention_head_dim=heads, cross_attention_dim=widths[-1],
+                                    encoder_hid_dim=LABEL_IDS, encoder_hid_dim_type="text_proj")
+    raise UserError(f"unet.conditioning must be class_embed or cross_attention, "
+                    f"got {cfg.conditioning!r}")

@@ -1,0 +1,1 @@
+"""The StyleGAN2 baseline: networks, objective, trainer, pipeline."""

@@ -1,0 +1,1 @@
+"""The greyscale AutoencoderKL: network (`model`), objective, trainer."""

@@ -1,0 +1,1 @@
+"""Tools beside the library: the stand-in data generator, the demo, model comparisons."""
