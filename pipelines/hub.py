@@ -110,6 +110,12 @@ def pipeline_class_name(index: dict) -> str | None:
     return name[1] if isinstance(name, list) and len(name) == 2 else name
 
 
+def is_component(model_dir: Path, name: str, value) -> bool:
+    """A model index entry naming a component: ``[library, class]`` with its own subfolder."""
+    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+            and (model_dir / name).is_dir())
+
+
 def load_pipeline_folder(model_dir: str | Path, classes: dict[str, type],
                          custom_components: dict[str, type]):
     """Build this repository's pipeline class from a saved folder (no remote code is run).
@@ -124,8 +130,8 @@ def load_pipeline_folder(model_dir: str | Path, classes: dict[str, type],
     for name, value in index.items():
         if name.startswith("_"):
             continue
-        if isinstance(value, list) and len(value) == 2:
-            restore_dir(model_dir / name)
+        restore_dir(model_dir / name)
+        if is_component(model_dir, name, value):
             library, class_name = value
             if class_name in custom_components:
                 component_cls = custom_components[class_name]

@@ -54,3 +54,37 @@ def tiny_model(tiny_vae_run, tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ldm")
     train_unet(load_config(TINY), tiny_vae_run / "vae", tiny_data, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gan(tiny_data, tmp_path_factory) -> Path:
+    from pipelines.config import load_config
+    from pipelines.stylegan2.trainer import train_stylegan2
+
+    out = tmp_path_factory.mktemp("stylegan2")
+    train_stylegan2(load_config(TINY), tiny_data, out)
+    return out
+
+
+# A prelude that makes this repository unimportable, so a subprocess shows what plain diffusers
+# does with a model folder (the project is also installed editable into the venv).
+NO_REPO = """
+import importlib.abc, sys
+class _NoRepo(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pipelines", "tools", "bench"):
+            raise ImportError(f"{name} must not be imported here")
+sys.meta_path.insert(0, _NoRepo())
+"""
+
+
+def run_without_repo(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python whose working directory is ``cwd``, with a clean
+    PYTHONPATH and this repository's packages blocked from import."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(cwd / ".hf_modules")
+    proc = subprocess.run([sys.executable, "-c", NO_REPO + code], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -13,9 +13,9 @@ from pipelines.config import load_config
 from pipelines.data import load_split
 from pipelines.ldm.latents import build_latent_cache
 from pipelines.ldm.objective import diffusion_loss, drop_labels, min_snr_weight, training_scheduler
-from pipelines.ldm.pipeline_adni import ADNIDiffusionPipeline, make_scheduler
+from pipelines.ldm.pipeline_adni import make_scheduler
 from pipelines.ldm.unet import build_unet
-from pipelines.sampling import generate
+from pipelines.sampling import generate, load_pipeline, sampling_settings
 from pipelines.vae.model import load_vae
 
 from .conftest import ROOT, TINY, run_script
@@ -24,7 +24,8 @@ from .test_vae import kill_and_resume
 
 def test_pipeline_folder_is_a_diffusers_folder(tiny_model):
     index = json.loads((tiny_model / "model_index.json").read_text())
-    assert index["_class_name"] == "ADNIDiffusionPipeline"
+    assert index["_class_name"] == ["pipeline_adni", "ADNIDiffusionPipeline"]
+    assert (tiny_model / "pipeline_adni.py").is_file() and (tiny_model / "slices.py").is_file()
     assert index["class_names"] == ["NC", "AD"]
     for part in ("vae", "unet"):
         assert (tiny_model / part / "diffusion_pytorch_model.safetensors").is_file()
@@ -35,7 +36,7 @@ def test_pipeline_folder_is_a_diffusers_folder(tiny_model):
 
 @pytest.mark.parametrize("scheduler", ["dpmsolver++", "ddim", "euler", "ddpm"])
 def test_reload_and_sample_both_labels(tiny_model, scheduler):
-    pipe = ADNIDiffusionPipeline.from_pretrained(tiny_model)
+    pipe = load_pipeline(tiny_model)
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(num_images_per_label=2, num_inference_steps=3, guidance_scale=2.0,
@@ -43,15 +44,17 @@ def test_reload_and_sample_both_labels(tiny_model, scheduler):
     a = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(1), **kwargs).images
     b = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(1), **kwargs).images
     c = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(2), **kwargs).images
-    assert a.shape == (4, 240, 256) and a.dtype == np.uint8
+    assert a.shape == (4, 240, 256, 1) and a.dtype == np.float32  # diffusers' np: NHWC in [0, 1]
+    assert 0 <= a.min() and a.max() <= 1
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     pil = pipe([1], num_inference_steps=2, output_type="pil").images[0]
     assert pil.size == (256, 240) and pil.mode == "L"
 
 
 def test_images_do_not_depend_on_batch_size(tiny_model):
-    pipe = ADNIDiffusionPipeline.from_pretrained(tiny_model)
-    kwargs = dict(seed=3, guidance_scale=2.0, num_inference_steps=3, progress=False)
+    pipe = load_pipeline(tiny_model)
+    settings = sampling_settings(pipe, guidance_scale=2.0, num_inference_steps=3)
+    kwargs = dict(seed=3, settings=settings, progress=False)
     big = generate(pipe, "AD", 4, batch_size=4, **kwargs)
     small = generate(pipe, "AD", 4, batch_size=3, **kwargs)
     np.testing.assert_allclose(big.astype(int), small.astype(int), atol=1)
@@ -93,7 +96,7 @@ def test_cross_attention_unet_reads_the_label_as_a_token(tiny_vae_run, tiny_data
     out = tmp_path / "ldm"
     run_script("train_unet.py", "--config", TINY, "--vae", tiny_vae_run / "vae", "--data",
                tiny_data, "--output_dir", out, "--conditioning", "cross_attention")
-    pipe = ADNIDiffusionPipeline.from_pretrained(out)
+    pipe = load_pipeline(out)
     assert type(pipe.unet).__name__ == "UNet2DConditionModel"
     assert pipe.unet.config.encoder_hid_dim == 3  # NC, AD, null: one-hot token -> Linear
     pipe.set_progress_bar_config(disable=True)
@@ -101,7 +104,7 @@ def test_cross_attention_unet_reads_the_label_as_a_token(tiny_vae_run, tiny_data
                   output_type="np")
     a = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(1), **kwargs).images
     b = pipe(["AD", "NC"], generator=torch.Generator().manual_seed(1), **kwargs).images
-    assert a.shape == (4, 240, 256) and np.array_equal(a, b)
+    assert a.shape == (4, 240, 256, 1) and np.array_equal(a, b)
     one = dict(kwargs, num_images_per_label=1)  # same noise, other label: the token is read
     ad = pipe(["AD"], generator=torch.Generator().manual_seed(5), **one).images
     nc = pipe(["NC"], generator=torch.Generator().manual_seed(5), **one).images
@@ -179,7 +182,7 @@ def test_unet_killed_mid_run_resumes_with_ema(tiny_vae_run, tiny_data, tmp_path)
     metrics = kill_and_resume(args, tmp_path / "run", "checkpoint-5")
     assert metrics["steps"] == 60
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-60" / "ema").is_dir()
-    ADNIDiffusionPipeline.from_pretrained(tmp_path / "run")
+    load_pipeline(tmp_path / "run")
 
 
 def test_unet_two_cpu_processes(tiny_vae_run, tiny_data, tmp_path):
@@ -192,5 +195,5 @@ def test_unet_two_cpu_processes(tiny_vae_run, tiny_data, tmp_path):
         env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout + proc.stderr
-    pipe = ADNIDiffusionPipeline.from_pretrained(tmp_path / "ddp")
-    assert pipe(["NC"], num_inference_steps=2, output_type="np").images.shape == (1, 240, 256)
+    pipe = load_pipeline(tmp_path / "ddp")
+    assert pipe(["NC"], num_inference_steps=2, output_type="np").images.shape == (1, 240, 256, 1)
