@@ -13,15 +13,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 DEFAULT_DATA = Path("data/phantom")  # what `make demo` writes
 DEFAULT_MODEL = Path("outputs/demo/model")
+DEFAULT_VAE = Path("outputs/demo/vae_run/vae")
+# the trainers' config when none is given: the one `make demo` uses
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def script_parser(doc: str, *, config: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if config:
-        parser.add_argument("--config", default=None,
-                            help="YAML experiment file (configs/*.yaml); any of its keys can also "
-                                 "be given as --key value or --section.key value")
+        default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+        parser.add_argument("--config", default=default,
+                            help="YAML experiment file (default: the demo's configs/demo.yaml); "
+                                 "any of its keys can also be given as --key value or "
+                                 "--section.key value")
     return parser
 
 
