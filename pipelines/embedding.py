@@ -40,7 +40,7 @@ COLOURS = {"NC": "#0072B2", "AD": "#D55E00"}  # Okabe-Ito blue / vermillion: col
 K = 10  # neighbours for every k-NN measure
 PCA_DIMS = 50  # features are standardised, then reduced to this many dimensions before the map
 UMAP_NEIGHBOURS, UMAP_MIN_DIST, TSNE_PERPLEXITY = 15, 0.1, 30.0
-ENCODE_BATCH = 32  # measured on 2 CPU cores at 64 px: 16-32 beat 128 (cache-sized activations)
+ENCODE_BATCH = 32  # small batches keep activations in cache on CPUs (docs/RESULTS.md)
 
 # interpretation rules (see interpret): thresholds on the numbers, each a named constant
 SEPARATION_WORDS = ((0.5, "clearly"), (0.15, "partly"), (0.0, "barely"),

@@ -7,10 +7,9 @@ are the space for Frechet distance, precision/recall and k-NN metrics (``pipelin
 and its accuracy on generated slices says whether the class labels took.
 
 The model is a transformers ``ResNetForImageClassification`` (ResNet-10, 1.2M parameters) built
-from a config: no hub download. Measured at 64 px on the phantom set, 600 steps of 64: it reached
-67-80% test accuracy where a ConvNeXt of the same widths stayed near chance (52-56%); the
-ConvNeXt was at most 1.3x faster (ResNet ~460 img/s on 2 idle cores). bf16 autocast was ~20x
-slower on this CPU, so training is fp32. The one training function, :func:`train_classifier`,
+from a config: no hub download. It beat a ConvNeXt of the same widths on the stand-in data, and
+trains in fp32 because emulated bf16 is far slower on CPUs without native bf16 (figures:
+docs/RESULTS.md, "Choices and why"). The one training function, :func:`train_classifier`,
 also trains the train-on-synthetic/test-on-real (TSTR) classifier: both follow one recipe.
 
 A trained judge is cached in a folder (``config.json`` + ``model.safetensors`` + ``judge.json``)

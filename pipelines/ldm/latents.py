@@ -60,8 +60,8 @@ def encode_posterior(vae, pixels: torch.Tensor, batch_size: int = 32, desc: str 
                      progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 1, R, R) uint8 -> the VAE posterior's unscaled (mean, std), in batches.
 
-    Puts the VAE's weights in channels-last layout (in place; same results to 1e-6): measured
-    1.5x faster encoding on 2 CPU cores at 64 px, where batches of 32 beat 128.
+    Puts the VAE's weights in channels-last layout (in place; same results to 1e-6), faster on
+    CPUs, where small batches beat large ones (docs/RESULTS.md, "Choices and why").
     """
     vae = vae.to(memory_format=torch.channels_last)
     means, stds = [], []
