@@ -12,36 +12,25 @@ scaled posterior means; judge = features of the AD/NC classifier trained on the 
 guidance unless --scheduler, --num_inference_steps or --guidance_scale say otherwise.
 """
 
-from pipelines.cli import (
-    DEFAULT_DATA,
-    DEFAULT_MODEL,
-    add_sampling_args,
-    sampling_overrides,
-    script_parser,
-)
+from pipelines.cli import model_script_parser, sampling_overrides
 from pipelines.embedding import METHODS, SPACES, run_embedding
 from pipelines.errors import cli_entry
 
 
 @cli_entry
 def main(argv=None):
-    parser = script_parser(__doc__, config=False)
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder")
+    parser = model_script_parser(__doc__, "MODEL/embedding", data=True)
     parser.add_argument("--split", default="test", help="train | test")
-    parser.add_argument("--out", default=None, help="output folder (default MODEL/embedding)")
     parser.add_argument("--method", default=None,
                         help=f"{' | '.join(METHODS)} (default: the model config's "
                              "eval.embed_method)")
     parser.add_argument("--space", default="latent", help=" | ".join(SPACES))
     parser.add_argument("--with_generated", type=int, default=0,
                         help="also generate this many slices per label and place them on the map")
-    add_sampling_args(parser)
     parser.add_argument("--max_images", type=int, default=None,
                         help="cap on real slices, every k-th file kept (default: the model "
                              "config's eval.max_real_images)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the map and the sampling")
-    parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
     args = parser.parse_args(argv)
     out = args.out or f"{args.model}/embedding"
     record = run_embedding(args.model, args.data, out, split=args.split, method=args.method,

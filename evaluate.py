@@ -10,13 +10,7 @@ and OUT/closest_pairs.png (the generated slices nearest to a training slice, bes
 
 import torch
 
-from pipelines.cli import (
-    DEFAULT_DATA,
-    DEFAULT_MODEL,
-    add_sampling_args,
-    sampling_overrides,
-    script_parser,
-)
+from pipelines.cli import model_script_parser, sampling_overrides
 from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
@@ -25,14 +19,9 @@ from pipelines.sampling import generate, load_pipeline, sampling_settings, saved
 
 @cli_entry
 def main(argv=None):
-    parser = script_parser(__doc__, config=False)
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder")
-    parser.add_argument("--out", default=None, help="output folder (default MODEL/eval)")
+    parser = model_script_parser(__doc__, "MODEL/eval", data=True)
     parser.add_argument("--num_images", type=int, default=None, help="generated per label")
-    add_sampling_args(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--inception_weights", default=None,
                         help="local torch-fidelity Inception weights for ImageNet FID (optional)")
     args = parser.parse_args(argv)

@@ -9,12 +9,7 @@ The sampler, steps and guidance are the ones saved with the model unless a flag 
 (a StyleGAN2 model has none of the three).
 """
 
-from pipelines.cli import (
-    DEFAULT_MODEL,
-    add_sampling_args,
-    sampling_overrides,
-    script_parser,
-)
+from pipelines.cli import model_script_parser, sampling_overrides
 from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.sampling import sample_to_folder, saved_config
@@ -23,15 +18,11 @@ from pipelines.slices import CLASS_NAMES, parse_label
 
 @cli_entry
 def main(argv=None):
-    parser = script_parser(__doc__, config=False)
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder")
+    parser = model_script_parser(__doc__, "MODEL/samples_cli", data=False)
     parser.add_argument("--label", default="all", help=f"{' | '.join(CLASS_NAMES)} | all")
     parser.add_argument("--num_images", type=int, default=None, help="images per label")
-    add_sampling_args(parser)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--out", default=None, help="output folder (default MODEL/samples_cli)")
-    parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
     args = parser.parse_args(argv)
     defaults = saved_config(args.model).sample
     num_images = defaults.num_images if args.num_images is None else args.num_images

@@ -60,3 +60,16 @@ def sampling_overrides(args: argparse.Namespace) -> dict:
     """The sampling flags that were given, for ``sampling.sampling_settings``."""
     return {"scheduler": args.scheduler, "num_inference_steps": args.num_inference_steps,
             "guidance_scale": args.guidance_scale}
+
+
+def model_script_parser(doc: str, out_default: str, *, data: bool) -> argparse.ArgumentParser:
+    """The flags of every script that uses a trained model: model, [data,] output, device and the
+    sampling flags over the model's saved settings."""
+    parser = script_parser(doc, config=False)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder")
+    if data:
+        parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder")
+    parser.add_argument("--out", default=None, help=f"output folder (default {out_default})")
+    parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    add_sampling_args(parser)
+    return parser

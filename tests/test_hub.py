@@ -1,4 +1,4 @@
-"""Model folders as diffusers artefacts: loadable without this repository, with one sampling truth."""
+"""Model folders as diffusers artefacts: load without this repository, one sampling truth."""
 
 import json
 import re
