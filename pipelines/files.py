@@ -105,10 +105,23 @@ def restore_dir(dst: str | Path) -> None:
         os.replace(old, dst)
 
 
-def save_pretrained_atomic(model, path: str | Path) -> Path:
-    """``model.save_pretrained`` into a temporary folder, then swap it in."""
+@contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield an empty temporary folder beside ``path``; swap it in when the block succeeds."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    return replace_dir(tmp, path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_pretrained_atomic(model, path: str | Path) -> Path:
+    """``model.save_pretrained`` into a temporary folder, then swap it in."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    return Path(path)

@@ -37,6 +37,7 @@ from transformers import ResNetForImageClassification as JudgeModel
 
 from .config import EvalConfig
 from .data import CLASS_NAMES, SliceSet, patient_split, random_flip, to_unit_range
+from .files import atomic_dir
 
 JUDGE_FILE, CONFIG_FILE, WEIGHTS_FILE = "judge.json", "config.json", "model.safetensors"
 HIDDEN_SIZES = [32, 64, 128, 256]  # the last one is the feature dimension
@@ -192,14 +193,14 @@ class Judge:
         return float((self.predict(slice_set.pixels) == slice_set.labels.numpy()).mean())
 
     def save(self, directory: str | Path) -> None:
-        """``config.json`` + ``model.safetensors`` (the layout ``from_pretrained`` reads too)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model.config.to_json_file(directory / CONFIG_FILE)
-        save_file(self.model.state_dict(), directory / WEIGHTS_FILE, metadata={"format": "pt"})
-        info = {"resolution": self.resolution, "val_accuracy": self.val_accuracy,
-                "class_names": list(CLASS_NAMES), **self.meta}
-        (directory / JUDGE_FILE).write_text(json.dumps(info, indent=2))
+        """``config.json`` + ``model.safetensors`` (the layout ``from_pretrained`` reads too),
+        written to a temporary folder and swapped in whole."""
+        with atomic_dir(directory) as tmp:
+            self.model.config.to_json_file(tmp / CONFIG_FILE)
+            save_file(self.model.state_dict(), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+            info = {"resolution": self.resolution, "val_accuracy": self.val_accuracy,
+                    "class_names": list(CLASS_NAMES), **self.meta}
+            (tmp / JUDGE_FILE).write_text(json.dumps(info, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> Judge:

@@ -1,24 +1,48 @@
-"""The one training loop every trainer uses (VAE, UNet): accumulate, clip, step, EMA, log,
-validate, checkpoint, stop. Trainers differ only in the model and the loss function.
+"""The one training loop every trainer uses (VAE, UNet, StyleGAN2): accumulate, clip, step, EMA,
+log, validate, checkpoint, stop. Trainers differ only in the model and the loss function.
 
 Survivability: checkpoints are written to ``checkpoint-N.tmp`` and renamed when complete, so a
-kill mid-save leaves the last good one; ``resume="latest"`` restores model, optimizer, scheduler,
-scaler, RNG and EMA and continues at the same step with the same data order (the order is a pure
-function of seed and step, see :class:`BatchSchedule`). A NaN/inf loss stops the run before
-anything is saved.
+kill mid-save leaves the last good one. A NaN/inf loss stops the run before anything is saved.
+
+Exact resume: ``resume="latest"`` continues as if the run had never stopped -- a run killed after
+checkpoint N and resumed ends with bit-identical weights to an uninterrupted one
+(tests/test_resume.py, one and two processes). Every random stream is either a pure function of
+(seed, step, rank) or in the checkpoint:
+
+- which examples: :class:`BatchSchedule`, a pure function of (seed, step, rank);
+- the batch's own randomness (flips, latent samples, label dropout): ``get_batch`` gets a fresh
+  generator per micro-step from :func:`batch_generator` (seed, micro-step, rank), never a
+  long-lived one that a resume would re-seed;
+- the loss's randomness (diffusion noise and timesteps, the VAE posterior sample, StyleGAN2
+  styles, DiffAugment) draws from the global torch (CPU and CUDA), NumPy and Python RNGs, which
+  ``accelerator.save_state``/``load_state`` store per process (``random_states_<rank>.pkl``);
+- model, optimizer, LR schedule, Accelerate's step counter and EMA are in the checkpoint;
+- nothing outside the training step may move the global RNGs: validation, the EMA save after
+  the RNG snapshot and the EMA load after the restore (diffusers' ``EMAModel`` builds a randomly
+  initialised model to save or load) run inside :func:`rng_untouched`, so how often a run
+  validates or whether it resumed never changes what it trains.
+
+Test hook: with ``PIPELINES_KILL_AFTER_CHECKPOINT=N`` in the environment, every process SIGKILLs
+itself right after checkpoint N is complete (renamed, all ranks past the barrier), so tests can
+kill a run at a well-defined moment instead of racing it.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import random
 import shutil
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
@@ -27,6 +51,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint-"
+KILL_AFTER_CHECKPOINT_ENV = "PIPELINES_KILL_AFTER_CHECKPOINT"
 
 
 class TrainingDiverged(UserError):
@@ -59,6 +84,33 @@ class BatchSchedule:
                 self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
             out.append(self._perm[offset])
         return torch.stack(out)
+
+
+def batch_generator(seed: int, micro_step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator for one micro-step's batch on one process: a pure function of
+    (seed, micro_step, rank), so a resumed run draws the same flips and noise as an
+    uninterrupted one and processes never share a stream."""
+    digest = hashlib.blake2b(f"batch/{seed}/{micro_step}/{rank}".encode(), digest_size=8)
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+
+
+@contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Run a block without moving the global RNGs (torch CPU and CUDA, NumPy, Python).
+
+    For work outside the training step (validation, saving and loading the EMA) so that it never
+    changes the random numbers training draws next.
+    """
+    py_state, np_state, cpu_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def make_accelerator(cfg, output_dir: str | Path, find_unused_parameters: bool = False):
@@ -156,10 +208,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir, state: TrainState, lim
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.save_state(str(tmp), safe_serialization=True)  # snapshots the global RNGs
     if accelerator.is_main_process:
         if save_extra is not None:
-            save_extra(tmp)
+            with rng_untouched():  # the run goes on from the snapshot, as a resumed one does
+                save_extra(tmp)
         (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__))
         if final.exists():
             shutil.rmtree(final)
@@ -172,9 +225,15 @@ def save_checkpoint(accelerator: Accelerator, output_dir, state: TrainState, lim
 
 def load_checkpoint(accelerator: Accelerator, path: Path,
                     load_extra: Callable[[Path], None] | None = None) -> TrainState:
+    """Restore model, optimizer, scheduler, step counter and this process's global RNGs."""
+    rng_file = path / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_file.is_file():
+        accelerator.print(f"warning: {path} has no {rng_file.name} (saved by a different number "
+                          "of processes?): resuming, but not exactly as the run would have gone")
     accelerator.load_state(str(path))
     if load_extra is not None:
-        load_extra(path)
+        with rng_untouched():  # keep the RNG state just restored
+            load_extra(path)
     return TrainState(**json.loads((path / "trainer_state.json").read_text()))
 
 
@@ -218,7 +277,7 @@ def run_training(
     optimizer: torch.optim.Optimizer,
     lr_scheduler,
     loss_fn: Callable[[torch.nn.Module, object, int], tuple[torch.Tensor, dict]],
-    get_batch: Callable[[torch.Tensor], object],
+    get_batch: Callable[[torch.Tensor, torch.Generator], object],
     num_examples: int,
     cfg,
     output_dir: str | Path,
@@ -232,9 +291,12 @@ def run_training(
     """Train ``model`` (already passed through ``accelerator.prepare``) for ``cfg.max_train_steps``.
 
     ``loss_fn(model, batch, step) -> (loss, logs)``: the trainer's objective (scalar loss).
-    ``get_batch(indices) -> batch``: examples by index, on the right device.
+    ``get_batch(indices, generator) -> batch``: examples by index, on the right device; any
+    randomness in making the batch (flips, latent samples, label dropout) must come from
+    ``generator`` (fresh each micro-step, see :func:`batch_generator`). The loss may use the global
+    RNGs, which the checkpoints carry.
     ``ema``: stepped after each optimizer step, saved and restored with the checkpoints.
-    ``on_validation(step)`` runs on the main process.
+    ``on_validation(step)`` runs on the main process, with the global RNGs restored after it.
     """
     validate_train_config(cfg)
     if ema is not None:
@@ -257,7 +319,9 @@ def run_training(
     while state.step < cfg.max_train_steps:
         model.train()
         for micro in range(accum):
-            batch = get_batch(schedule.indices(state.step * accum + micro))
+            micro_step = state.step * accum + micro
+            batch = get_batch(schedule.indices(micro_step),
+                              batch_generator(cfg.seed, micro_step, accelerator.process_index))
             with accelerator.accumulate(model), accelerator.autocast():
                 loss, logs = loss_fn(model, batch, state.step)
                 if not torch.isfinite(loss.detach()).all():
@@ -289,16 +353,28 @@ def run_training(
         done = state.step >= cfg.max_train_steps or out_of_time
         if on_validation is not None and (state.step % cfg.validation_steps == 0 or done):
             if accelerator.is_main_process:
-                on_validation(state.step)
+                with rng_untouched():
+                    on_validation(state.step)
             accelerator.wait_for_everyone()
         if state.step % cfg.checkpointing_steps == 0 or done:
             save_checkpoint(accelerator, output_dir, state, cfg.checkpoints_total_limit,
                             save_extra)
+            kill_if_asked(state.step)
         if out_of_time:
             accelerator.print(f"stopping at step {state.step}: max_train_minutes reached")
             break
     bar.close()
     return state
+
+
+def kill_if_asked(step: int) -> None:
+    """Test hook: SIGKILL this process if ``PIPELINES_KILL_AFTER_CHECKPOINT`` is ``step``.
+
+    Called on every process right after checkpoint ``step`` is complete, so a test can
+    interrupt a run at a known point (a crash just after a save) instead of racing it.
+    """
+    if os.environ.get(KILL_AFTER_CHECKPOINT_ENV, "").strip() == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _chain(first, second):

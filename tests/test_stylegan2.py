@@ -21,7 +21,6 @@ from pipelines.stylegan2.networks import (
 from pipelines.stylegan2.objective import StyleGAN2TrainingModel
 
 from .conftest import ROOT, TINY, run_script
-from .test_vae import kill_and_resume
 
 
 def test_demodulation_keeps_unit_scale_whatever_the_style():
@@ -139,14 +138,6 @@ def test_bad_input_exits_2(tiny_data, tmp_path, args, message):
     proc = run_script("train_stylegan2.py", "--config", TINY, "--data", tiny_data,
                       "--output_dir", tmp_path, *args, check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_killed_mid_run_resumes_with_ema(tiny_data, tmp_path):
-    args = ["train_stylegan2.py", "--config", TINY, "--data", tiny_data, "--max_train_steps",
-            "40", "--checkpointing_steps", "5", "--validation_steps", "1000"]
-    metrics = kill_and_resume(args, tmp_path / "run", "checkpoint-5")
-    assert metrics["steps"] == 40
-    assert (tmp_path / "run" / "checkpoints" / "checkpoint-40" / "ema").is_dir()
 
 
 def test_two_cpu_processes(tiny_data, tmp_path):

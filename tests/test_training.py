@@ -1,3 +1,6 @@
+import random
+
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -6,9 +9,11 @@ from pipelines.config import TrainConfig
 from pipelines.training import (
     BatchSchedule,
     TrainingDiverged,
+    batch_generator,
     checkpoints,
     cosine_lr,
     resolve_resume,
+    rng_untouched,
     run_training,
 )
 
@@ -25,17 +30,46 @@ def test_batch_schedule_is_a_pure_function_of_seed_and_step():
     assert not set(r0.indices(0).tolist()) & set(r1.indices(0).tolist())
 
 
-def _run(tmp_path, loss_fn, steps=6, resume=None):
+def test_batch_generator_is_a_pure_function_of_seed_step_and_rank():
+    def draw(*key):
+        return torch.rand(4, generator=batch_generator(*key)).tolist()
+
+    assert draw(0, 5, 1) == draw(0, 5, 1)
+    assert len({tuple(draw(*key)) for key in [(0, 5, 1), (0, 5, 0), (0, 6, 1), (1, 5, 1)]}) == 4
+
+
+def test_rng_untouched_restores_every_global_rng():
+    def seed_all():
+        torch.manual_seed(0), np.random.seed(0), random.seed(0)
+
+    def draws():
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()
+
+    seed_all()
+    expected = draws()
+    seed_all()
+    with rng_untouched():
+        draws()
+    assert draws() == expected
+
+
+def _run(tmp_path, loss_fn, steps=6, resume=None, **hooks):
     cfg = TrainConfig(max_train_steps=steps, train_batch_size=2, checkpointing_steps=2,
-                      validation_steps=100, log_steps=1, mixed_precision="no", lr_warmup_steps=1)
+                      validation_steps=hooks.pop("validation_steps", 100), log_steps=1,
+                      mixed_precision="no", lr_warmup_steps=1)
     accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model, optimizer, sched = accelerator.prepare(model, optimizer, cosine_lr(optimizer, cfg))
     data = torch.randn(8, 3)
+
+    def get_batch(indices, generator):  # randomness from the step's generator only
+        return data[indices] + 0.1 * torch.randn(len(indices), 3, generator=generator)
+
     return run_training(accelerator=accelerator, model=model, optimizer=optimizer,
-                        lr_scheduler=sched, loss_fn=loss_fn, get_batch=lambda i: data[i],
-                        num_examples=8, cfg=cfg, output_dir=tmp_path, resume=resume)
+                        lr_scheduler=sched, loss_fn=loss_fn, get_batch=get_batch,
+                        num_examples=8, cfg=cfg, output_dir=tmp_path, resume=resume, **hooks)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -58,3 +92,46 @@ def test_resume_continues_at_the_saved_step_and_ignores_half_written(tmp_path):
     assert _run(tmp_path, loss_fn, steps=6, resume="latest").step == 6
     assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
     assert resolve_resume(tmp_path / "nothing", "latest") is None
+
+
+class _Crash(Exception):
+    pass
+
+
+def _noisy_loss(crash_at=None):
+    def loss_fn(model, batch, step):
+        if step == crash_at:
+            raise _Crash
+        target = torch.randn(len(batch), 1)  # the global RNG, as the real objectives use it
+        return (model(batch) - target).pow(2).mean(), {}
+    return loss_fn
+
+
+def _weights(tmp_path, step):
+    from safetensors.torch import load_file
+
+    return load_file(tmp_path / "checkpoints" / f"checkpoint-{step}" / "model.safetensors")
+
+
+def _rng_eater(*_):
+    """Validation/EMA-like work that draws from every global RNG."""
+    torch.randn(100), np.random.rand(3), random.random()
+
+
+def test_crashed_and_resumed_run_matches_the_uninterrupted_one(tmp_path):
+    hooks = dict(save_extra=_rng_eater, load_extra=_rng_eater)
+    _run(tmp_path / "straight", _noisy_loss(), **hooks)
+    with pytest.raises(_Crash):  # dies in step 5, after checkpoint-4
+        _run(tmp_path / "crashed", _noisy_loss(crash_at=4), **hooks)
+    torch.manual_seed(123)  # whatever the process did since: the checkpoint restores the RNGs
+    assert _run(tmp_path / "crashed", _noisy_loss(), resume="latest", **hooks).step == 6
+    straight, resumed = _weights(tmp_path / "straight", 6), _weights(tmp_path / "crashed", 6)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not torch.equal(straight["weight"], _weights(tmp_path / "straight", 4)["weight"])
+
+
+def test_validation_does_not_change_what_is_trained(tmp_path):
+    _run(tmp_path / "quiet", _noisy_loss())
+    _run(tmp_path / "validating", _noisy_loss(), validation_steps=1, on_validation=_rng_eater)
+    quiet, validating = _weights(tmp_path / "quiet", 6), _weights(tmp_path / "validating", 6)
+    assert all(torch.equal(quiet[k], validating[k]) for k in quiet)

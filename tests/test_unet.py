@@ -19,7 +19,6 @@ from pipelines.sampling import generate, load_pipeline, sampling_settings
 from pipelines.vae.model import load_vae
 
 from .conftest import ROOT, TINY, run_script
-from .test_vae import kill_and_resume
 
 
 def test_pipeline_folder_is_a_diffusers_folder(tiny_model):
@@ -173,16 +172,6 @@ def test_sample_bad_input_exits_2(tiny_model, tmp_path, args, message):
 def test_sample_rejects_a_folder_that_is_not_this_pipeline(tiny_vae_run, tmp_path):
     proc = run_script("sample.py", "--model", tiny_vae_run, "--out", tmp_path, check=False)
     assert proc.returncode == 2 and "not a model of this project" in proc.stderr
-
-
-def test_unet_killed_mid_run_resumes_with_ema(tiny_vae_run, tiny_data, tmp_path):
-    args = ["train_unet.py", "--config", TINY, "--vae", tiny_vae_run / "vae", "--data",
-            tiny_data, "--max_train_steps", "60", "--checkpointing_steps", "5",
-            "--validation_steps", "1000"]
-    metrics = kill_and_resume(args, tmp_path / "run", "checkpoint-5")
-    assert metrics["steps"] == 60
-    assert (tmp_path / "run" / "checkpoints" / "checkpoint-60" / "ema").is_dir()
-    load_pipeline(tmp_path / "run")
 
 
 def test_unet_two_cpu_processes(tiny_vae_run, tiny_data, tmp_path):

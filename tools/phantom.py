@@ -27,7 +27,6 @@ import importlib.util
 import io
 import json
 import multiprocessing as mp
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from scipy import ndimage as ndi
 
 from pipelines.data import CLASS_NAMES, NATIVE_SIZE, SPLITS
 from pipelines.errors import UserError, cli_entry
+from pipelines.files import atomic_path
 
 GENERATOR_VERSION = 1  # bump when the images change, so old folders are regenerated
 MANIFEST = "phantom.json"  # written last: its presence means the set is complete
@@ -358,9 +358,8 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a hidden temporary name, then rename: a killed run leaves no half-written image."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 # ----------------------------------------------------------------------------- the whole set

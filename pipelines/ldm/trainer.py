@@ -97,11 +97,10 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
     accelerator.print(f"UNet: {count_parameters(unet) / 1e6:.2f}M parameters on "
                       f"{tuple(cache.mean.shape[1:])} latents, {accelerator.num_processes} "
                       f"process(es), {accelerator.mixed_precision}")
-    gen = torch.Generator().manual_seed(ucfg.seed + 1009 * accelerator.process_index)
 
-    def get_batch(indices):
-        latents = cache.sample(indices, scaling, gen).to(accelerator.device)
-        labels = drop_labels(cache.labels[indices], ucfg.cond_drop_prob, gen)
+    def get_batch(indices, generator):  # generator: this micro-step's, from run_training
+        latents = cache.sample(indices, scaling, generator).to(accelerator.device)
+        labels = drop_labels(cache.labels[indices], ucfg.cond_drop_prob, generator)
         return latents, labels.to(accelerator.device)
 
     def loss_fn(model, batch, step):

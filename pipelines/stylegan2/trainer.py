@@ -95,10 +95,9 @@ def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = Non
     accelerator.print(f"StyleGAN2: G {count_parameters(generator) / 1e6:.2f}M, "
                       f"D {count_parameters(discriminator) / 1e6:.2f}M parameters, "
                       f"{accelerator.num_processes} process(es), {accelerator.mixed_precision}")
-    flip_gen = torch.Generator().manual_seed(scfg.seed + 17 * accelerator.process_index)
 
-    def get_batch(indices):
-        images = training_images(train_set.pixels, indices, cfg.data.flip, flip_gen)
+    def get_batch(indices, generator):  # generator: this micro-step's, from run_training
+        images = training_images(train_set.pixels, indices, cfg.data.flip, generator)
         return images.to(accelerator.device), train_set.labels[indices].to(accelerator.device)
 
     def loss_fn(m, batch, step):

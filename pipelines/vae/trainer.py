@@ -102,12 +102,11 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
         trained = accelerator.unwrap_model(model)
         return ema.copy(trained) if ema is not None else trained.vae.eval()
 
-    flip_gen = torch.Generator().manual_seed(vcfg.seed + 17 * accelerator.process_index)
     train_pixels = train_set.pixels
     val_images = val_set.subset(spread_indices(len(val_set), 8)).as_float()
 
-    def get_batch(indices):
-        return training_images(train_pixels, indices, cfg.data.flip, flip_gen).to(
+    def get_batch(indices, generator):  # generator: this micro-step's, from run_training
+        return training_images(train_pixels, indices, cfg.data.flip, generator).to(
             accelerator.device)
 
     def loss_fn(m, batch, step):
