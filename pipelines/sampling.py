@@ -45,7 +45,13 @@ def load_pipeline(model_dir: str | Path, device: str = "cpu") -> SlicePipeline:
         raise UserError(f"{model_dir} is not a model of this project (no model_index.json naming "
                         f"{' or '.join(PIPELINES)}); pass the OUTPUT_DIR of train_unet.py or "
                         "train_stylegan2.py")
+    index = read_model_index(model_dir)
     pipe = load_pipeline_folder(model_dir, PIPELINES, CUSTOM_COMPONENTS)
+    if class_name == "ADNIDiffusionPipeline" and "guidance_scale" not in index:
+        # saved before steps and guidance travelled in model_index.json: take the run's config
+        sample = saved_config(model_dir).sample
+        pipe.register_to_config(guidance_scale=sample.guidance_scale,
+                                num_inference_steps=sample.num_inference_steps)
     return pipe.to(resolve_device(device))
 
 

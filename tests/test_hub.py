@@ -233,3 +233,16 @@ def test_sampling_flags_on_a_gan_are_refused(tiny_gan, tmp_path):
                       tmp_path, check=False)
     assert proc.returncode == 2 and "does not apply" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_folder_saved_before_portability_still_loads(tiny_model, tmp_path):
+    folder = shutil.copytree(tiny_model, tmp_path / "old")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "ADNIDiffusionPipeline"  # the old layout: a bare class name
+    del index["guidance_scale"], index["num_inference_steps"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "pipeline_adni.py").unlink()
+    pipe = load_pipeline(folder)
+    assert type(pipe) is ADNIDiffusionPipeline
+    assert pipe.sampling_settings()["num_inference_steps"] == 4  # the tiny config's, from
+    # the run's config.yaml

@@ -81,7 +81,7 @@ class ADNIDiffusionPipeline(SlicePipeline):
     model_cpu_offload_seq = "unet->vae"
 
     def __init__(self, vae, unet, scheduler, class_names=CLASS_NAMES, native_size=NATIVE_SIZE,
-                 guidance_scale: float = 4.0, num_inference_steps: int = 20):
+                 guidance_scale: float = 2.0, num_inference_steps: int = 20):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=list(class_names), native_size=list(native_size),
