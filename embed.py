@@ -36,7 +36,7 @@ def main(argv=None):
     record = run_embedding(args.model, args.data, out, split=args.split, method=args.method,
                            space=args.space, with_generated=args.with_generated,
                            max_images=args.max_images, seed=args.seed, device=args.device,
-                           sampling=sampling_overrides(args))
+                           sampling=sampling_overrides(args), skip_corrupt=args.skip_corrupt)
     counts = record["counts"]
     print(f"{record['method']} of {record['space']} features: {counts['real']['total']} real + "
           f"{counts['generated']['total']} generated; k-NN accuracy "

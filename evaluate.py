@@ -10,7 +10,7 @@ and OUT/closest_pairs.png (the generated slices nearest to a training slice, bes
 
 import torch
 
-from pipelines.cli import model_script_parser, sampling_overrides
+from pipelines.cli import model_script_parser, sampling_overrides, skip_corrupt
 from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
@@ -41,7 +41,8 @@ def main(argv=None):
     out = args.out or f"{args.model}/eval"
     metrics = evaluate_generator(sample_fn, args.data, cfg.data.resolution, cfg.eval,
                                  out, num_images, judge_dir=f"{args.model}/judge", seed=args.seed,
-                                 inception_weights=args.inception_weights, sampling=settings)
+                                 inception_weights=args.inception_weights, sampling=settings,
+                                 skip_corrupt=skip_corrupt(args, cfg.data.skip_corrupt))
     metrics_md = open(f"{out}/metrics.md").read()
     print(metrics_md)
     print(f"wrote {out}/metrics.json ({metrics['seconds']['total']} s)")

@@ -20,7 +20,7 @@ def main(argv=None):
     parser = script_parser(__doc__)
     add_run_args(parser, "outputs/stylegan2")
     args, cfg = parse_with_config(parser, "stylegan2", argv)
-    train_stylegan2(cfg, args.data, args.output_dir, args.resume_from_checkpoint)
+    train_stylegan2(cfg, args.data, args.output_dir, args.resume_from_checkpoint, args.overwrite)
 
 
 if __name__ == "__main__":

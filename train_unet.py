@@ -31,7 +31,7 @@ def main(argv=None):
         raise UserError(f"no VAE at {args.vae}: train_unet.py denoises a trained VAE's latents; "
                         "run `make demo` (or train_vae.py) first, or pass --vae OUT/vae")
     train_unet(cfg, args.vae, args.data, args.output_dir, args.resume_from_checkpoint,
-               args.cache_dir)
+               args.cache_dir, args.overwrite)
 
 
 if __name__ == "__main__":

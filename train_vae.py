@@ -20,7 +20,8 @@ def main(argv=None):
     parser.add_argument("--pretrained", default=None,
                         help="local diffusers AutoencoderKL folder to fine-tune (RGB is adapted)")
     args, cfg = parse_with_config(parser, "vae", argv)
-    train_vae(cfg, args.data, args.output_dir, args.pretrained, args.resume_from_checkpoint)
+    train_vae(cfg, args.data, args.output_dir, args.pretrained, args.resume_from_checkpoint,
+              args.overwrite)
 
 
 if __name__ == "__main__":

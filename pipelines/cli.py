@@ -43,6 +43,8 @@ def add_run_args(parser: argparse.ArgumentParser, default_output: str) -> None:
     parser.add_argument("--output_dir", default=default_output, help="where the run is written")
     parser.add_argument("--resume_from_checkpoint", default=None,
                         help="'latest' or a checkpoint folder; a fresh run if none exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an earlier run in --output_dir and start afresh")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +71,14 @@ def model_script_parser(doc: str, out_default: str, *, data: bool) -> argparse.A
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder")
     if data:
         parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder")
+        parser.add_argument("--skip_corrupt", default=None, choices=["true", "false"],
+                            help="skip (and count) unreadable images instead of stopping "
+                                 "(default: the model's data.skip_corrupt)")
     parser.add_argument("--out", default=None, help=f"output folder (default {out_default})")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
     add_sampling_args(parser)
     return parser
+
+
+def skip_corrupt(args: argparse.Namespace, default: bool) -> bool:
+    return default if args.skip_corrupt is None else args.skip_corrupt == "true"

@@ -9,6 +9,8 @@ has it. Unknown keys and values of the wrong type are errors, never silent no-op
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +161,138 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
+# ----------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be: a range (``low``/``high``, each inclusive or not), choices,
+    or a check on a list; ``text`` is the rule as messages and ``--describe`` state it."""
+
+    text: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    items: str = ""  # "positive ints" | "bools" for list values
+
+    def check(self, value) -> bool:
+        if self.choices:
+            return value in self.choices
+        if self.items:
+            if not isinstance(value, list) or not value:
+                return False
+            if self.items == "bools":
+                return all(isinstance(v, bool) for v in value)
+            return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or (value < self.high or (not self.high_open and
+                                                           value == self.high))
+
+
+MAX_STEPS = 10_000_000  # larger counts are typos, not runs: refused rather than hanging
+POSITIVE_COUNT = Rule(f"an integer from 1 to {MAX_STEPS:,}", 1, MAX_STEPS)
+COUNT = Rule(f"an integer from 0 to {MAX_STEPS:,}", 0, MAX_STEPS)
+POSITIVE = Rule("a finite number > 0", 0, None, low_open=True)
+NON_NEGATIVE = Rule("a finite number >= 0", 0)
+FRACTION = Rule("a number in [0, 1)", 0, 1, high_open=True)
+PROBABILITY = Rule("a number in [0, 1]", 0, 1)
+OPEN_UNIT = Rule("a number in (0, 1)", 0, 1, low_open=True, high_open=True)
+SEED = Rule("an integer from 0 to 2**32 - 1", 0, 2**32 - 1)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                 "constant_with_warmup")
+
+RULES = {
+    "resolution": Rule("a multiple of 8 from 8 to 1024", 8, 1024),
+    "val_patients_fraction": FRACTION, "split_seed": SEED, "seed": SEED,
+    "max_train_minutes": NON_NEGATIVE, "lr_warmup_steps": COUNT, "disc_start_step": COUNT,
+    "checkpoints_total_limit": COUNT, "num_workers": Rule("an integer from 0 to 64", 0, 64),
+    "lr_scheduler": Rule("one of " + ", ".join(LR_SCHEDULERS), choices=LR_SCHEDULERS),
+    "adam_beta1": FRACTION, "adam_beta2": FRACTION, "ema_decay": FRACTION,
+    "cond_drop_prob": FRACTION, "w_avg_beta": FRACTION, "style_mixing_prob": PROBABILITY,
+    "pl_decay": PROBABILITY, "beta_start": OPEN_UNIT, "beta_end": OPEN_UNIT,
+    "mixed_precision": Rule("one of no, fp16, bf16", choices=("no", "fp16", "bf16")),
+    "conditioning": Rule("one of class_embed, cross_attention",
+                         choices=("class_embed", "cross_attention")),
+    "prediction_type": Rule("one of epsilon, v_prediction", choices=("epsilon", "v_prediction")),
+    "beta_schedule": Rule("one of linear, scaled_linear, squaredcos_cap_v2",
+                          choices=("linear", "scaled_linear", "squaredcos_cap_v2")),
+    "scheduler": Rule("one of dpmsolver++, ddim, euler, ddpm",
+                      choices=("dpmsolver++", "ddim", "euler", "ddpm")),
+    "embed_method": Rule("one of umap, tsne", choices=("umap", "tsne")),
+    "guidance_scale": Rule("a finite number >= 1 (1 = no guidance)", 1),
+    "num_train_timesteps": Rule("an integer from 2 to 10,000", 2, 10_000),
+    "num_inference_steps": Rule("an integer from 1 to 1,000", 1, 1000),
+    "block_out_channels": Rule("a non-empty list of positive integers", items="positive ints"),
+    "attention_levels": Rule("a non-empty list of true/false", items="bools"),
+    "augment": Rule("comma-separated color, translation, cutout (or empty)"),
+}
+
+
+def rule_for(key: str, value) -> Rule | None:
+    """The rule of a key: its own, else by type (counts and rates must be positive)."""
+    if key in RULES:
+        return RULES[key]
+    if isinstance(value, bool) or isinstance(value, str):
+        return None
+    if isinstance(value, int):
+        return POSITIVE_COUNT
+    if isinstance(value, float):
+        return POSITIVE if key.endswith(("learning_rate", "lr_mul")) else NON_NEGATIVE
+    return None
+
+
+def check_value(key: str, value, where: str, source: str) -> None:
+    rule = rule_for(key, value)
+    ok = rule is None or rule.check(value)
+    if ok and key == "resolution":
+        ok = value % 8 == 0
+    if ok and key == "augment":
+        ok = all(p in ("", "color", "translation", "cutout") for p in value.split(","))
+    if not ok:
+        raise UserError(f"config key {where} = {value!r} (from {source}) must be {rule.text}")
+
+
+def check_config(cfg: Config) -> None:
+    """The rules that tie keys together, checked once the file and flags are applied."""
+    for name in ("vae", "unet"):
+        section = getattr(cfg, name)
+        widths = section.block_out_channels
+        groups = section.norm_num_groups if name == "vae" else min(32, min(widths))
+        if any(w % groups for w in widths):
+            raise UserError(f"config keys {name}.block_out_channels {widths} must each be a "
+                            f"multiple of the norm group count {groups}")
+    if cfg.unet.beta_start >= cfg.unet.beta_end:
+        raise UserError(f"config keys unet.beta_start {cfg.unet.beta_start} must be below "
+                        f"unet.beta_end {cfg.unet.beta_end}")
+    if len(cfg.unet.attention_levels) != len(cfg.unet.block_out_channels):
+        raise UserError(f"config key unet.attention_levels needs one entry per "
+                        f"unet.block_out_channels entry ({len(cfg.unet.block_out_channels)}), "
+                        f"got {cfg.unet.attention_levels}")
+    factor = 2 ** (len(cfg.vae.block_out_channels) - 1)
+    if cfg.data.resolution % factor:
+        raise UserError(f"config key data.resolution {cfg.data.resolution} must be a multiple of "
+                        f"the VAE's downsampling factor {factor} (2 ** (len(vae.block_out_"
+                        "channels) - 1))")
+
+
+def describe() -> str:
+    """Every key: section, type, default and rule (``python -m pipelines.config --describe``)."""
+    lines = ["| key | type | default | rule |", "|---|---|---|---|"]
+    for section in SECTIONS:
+        obj = getattr(Config(), section)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            rule = rule_for(f.name, value)
+            text = rule.text if rule else ("true or false" if isinstance(value, bool) else "text")
+            lines.append(f"| {section}.{f.name} | {type(value).__name__} | {value!r} | {text} |")
+    return "\n".join(lines)
+
+
 def _coerce(value, annotation, where: str):
     """Check ``value`` against the field's type (YAML already parsed it), converting int->float."""
     target = annotation
@@ -176,14 +310,19 @@ def _coerce(value, annotation, where: str):
     return value
 
 
-def _apply(section_obj, section: str, values: dict) -> None:
+def _apply(section_obj, section: str, values, source: str) -> None:
+    if not isinstance(values, dict):
+        raise UserError(f"config section '{section}' (from {source}) must be a mapping of keys, "
+                        f"got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(section_obj)}
     for key, value in values.items():
         if key not in fields:
             raise UserError(
                 f"unknown config key '{section}.{key}'; valid keys: {', '.join(sorted(fields))}"
             )
-        setattr(section_obj, key, _coerce(value, fields[key].type, f"{section}.{key}"))
+        value = _coerce(value, fields[key].type, f"{section}.{key}")
+        check_value(key, value, f"{section}.{key}", source)
+        setattr(section_obj, key, value)
 
 
 def _parse_value(text: str):
@@ -217,7 +356,9 @@ def load_config(
         if not path.is_file():
             raise UserError(f"config file {path} does not exist; pick one from configs/")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
         except yaml.YAMLError as err:
             raise UserError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
@@ -225,7 +366,7 @@ def load_config(
         for name, values in raw.items():
             if name not in SECTIONS:
                 raise UserError(f"unknown config section '{name}' in {path}; valid: {SECTIONS}")
-            _apply(getattr(cfg, name), name, values or {})
+            _apply(getattr(cfg, name), name, values or {}, str(path))
     for key, value in _pairs(overrides or []):
         if "." in key:
             name, key = key.split(".", 1)
@@ -233,7 +374,8 @@ def load_config(
                 raise UserError(f"unknown config section in '--{name}.{key}'; valid: {SECTIONS}")
         else:
             name = _resolve_flat_key(key, section)
-        _apply(getattr(cfg, name), name, {key: _parse_value(value)})
+        _apply(getattr(cfg, name), name, {key: _parse_value(value)}, f"--{key}")
+    check_config(cfg)
     return cfg
 
 
@@ -258,7 +400,7 @@ def config_from_dict(raw: dict) -> Config:
     cfg = Config()
     for name, values in raw.items():
         if name in SECTIONS:
-            _apply(getattr(cfg, name), name, values or {})
+            _apply(getattr(cfg, name), name, values or {}, "the saved config.yaml")
     return cfg
 
 
@@ -268,3 +410,27 @@ def check_positive(**values) -> None:
         if value is None or value <= 0:
             raise UserError(f"--{name} must be a positive number, got {value}")
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.config --describe``: every key with its type, default and rule."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.config", description=main.__doc__)
+    parser.add_argument("--describe", action="store_true", help="print the schema (markdown)")
+    parser.add_argument("--check", metavar="YAML", help="load a config file and report problems")
+    args = parser.parse_args(argv)
+    if args.check:
+        try:
+            load_config(args.check)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{args.check}: ok")
+    if args.describe or not args.check:
+        print(describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

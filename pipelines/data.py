@@ -50,6 +50,32 @@ def patient_id(filename: str) -> str:
     return stem.rsplit("_", 1)[0] if "_" in stem else stem
 
 
+def has_patient_pattern(filename: str) -> bool:
+    """Whether a name follows ``<patient>_<slice>`` (a slice number after the last '_')."""
+    stem = Path(filename).stem
+    return "_" in stem and stem.rsplit("_", 1)[1].isdigit() and bool(stem.rsplit("_", 1)[0])
+
+
+def data_warnings(files) -> list[str]:
+    """What makes patient-level splits unsound, spelt out: names without ``<patient>_<slice>``
+    (each such file counts as its own patient) and patient IDs filed under both labels."""
+    out = []
+    unnamed = [f.relpath for f in files if not has_patient_pattern(f.path.name)]
+    if unnamed:
+        out.append(f"{len(unnamed)} file(s) are not named <patient>_<slice> (e.g. {unnamed[0]}): "
+                   "each counts as its own patient, so the patient-level validation split and "
+                   "the train/test patient check become image-level for them")
+    labels: dict[str, set] = {}
+    for f in files:
+        labels.setdefault(f.patient, set()).add(f.label)
+    both = sorted(p for p, ls in labels.items() if len(ls) > 1)
+    if both:
+        out.append(f"{len(both)} patient ID(s) appear under both AD and NC (e.g. {both[0]}): one "
+                   "person cannot have both diagnoses; check the folders (such a patient's "
+                   "slices may land on both sides of a split)")
+    return out
+
+
 def label_id(label: str | int) -> int:
     """'AD'/'NC' (any case) or 0/1 -> label id; anything else is a user error."""
     try:
@@ -67,9 +93,10 @@ def to_uint8_grey(image: Image.Image) -> tuple[np.ndarray, str | None]:
         return np.asarray(image), None
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(image).astype(np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return arr, f"mode {image.mode} scaled to 8-bit greyscale"
+        # scaled by the image's own range: 12-bit values in a 16-bit file are not near-black
+        low, top = min(float(arr.min()), 0.0), max(float(arr.max()), 1.0)
+        arr = np.clip((arr - low) / (top - low) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return arr, f"mode {image.mode} scaled by its range [{low:g}, {top:g}] to 8-bit grey"
     return np.asarray(image.convert("L")), f"mode {image.mode} converted to greyscale (L)"
 
 
@@ -137,6 +164,12 @@ def scan(root: str | Path, splits: tuple[str, ...] = SPLITS) -> ScanReport:
                 if not path.is_file():
                     continue
                 rel = path.relative_to(root).as_posix()
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    report.problems.append(f"file name {ascii(rel)} is not valid UTF-8; rename "
+                                           "it (e.g. convmv -f latin1 -t utf8)")
+                    continue
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     report.skipped.append({"file": rel, "reason": "not a .jpeg/.jpg/.png image"})
                     continue
@@ -230,10 +263,13 @@ def load_split(
         raise UserError(f"{root} is not a usable AD_NC folder:\n  " + "\n  ".join(report.problems)
                         + "\n(run: python -m pipelines.data inspect ROOT)")
     files = report.of_split(split)
+    for warning in data_warnings(files):
+        print(f"warning: {split}: {warning}", file=sys.stderr)
     if max_images is not None and len(files) > max_images:
         # every k-th file keeps both classes and many patients in proportion
         keep = np.linspace(0, len(files) - 1, max_images).round().astype(int)
         files = [files[i] for i in keep]
+    check_fits_in_memory(len(files) * resolution * resolution, f"the {split} split")
     table = _slice_table(files)
     pixels = np.zeros((len(files), 1, resolution, resolution), dtype=np.uint8)
     good = np.ones(len(files), dtype=bool)
@@ -242,7 +278,8 @@ def load_split(
         try:
             image = table[i]["image"]
             arr, note = to_uint8_grey(image)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                Image.DecompressionBombError) as err:
             corrupt.append({"file": files[i].relpath, "reason": str(err) or type(err).__name__})
             good[i] = False
             continue
@@ -266,6 +303,17 @@ def load_split(
         converted=converted,
         skipped=[s for s in report.skipped if s["file"].startswith(split + "/")],
     )
+
+
+def check_fits_in_memory(num_bytes: int, what: str) -> None:
+    """Refuse, before the work, what would not fit in this machine's available memory."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if num_bytes > 0.8 * available:
+        raise UserError(f"{what} needs {num_bytes / 2**30:.1f} GiB in memory, more than the "
+                        f"{available / 2**30:.1f} GiB available; lower --resolution or use "
+                        "fewer images")
 
 
 def patient_split(patients: list[str], labels, fraction: float, seed: int = 0):
@@ -339,7 +387,8 @@ def inspect_folder(root: str | Path) -> dict:
                     reasons.append(f"size {image.size[0]}x{image.size[1]} padded to a square")
                 if reasons:
                     converted.append({"file": f.relpath, "reason": "; ".join(reasons)})
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                Image.DecompressionBombError) as err:
             corrupt.append({"file": f.relpath, "reason": str(err) or type(err).__name__})
             continue
         cell = per[f.split][CLASS_NAMES[f.label]]
@@ -359,6 +408,7 @@ def inspect_folder(root: str | Path) -> dict:
         "corrupt": corrupt,
         "converted": converted,
         "problems": report.problems,
+        "warnings": data_warnings(report.files),
     }
 
 
@@ -375,6 +425,8 @@ def format_inspection(info: dict) -> str:
         lines.extend(f"    {e['file']}: {e['reason']}" for e in info[key][:50])
         if len(info[key]) > 50:
             lines.append(f"    ... and {len(info[key]) - 50} more (see --json)")
+    for warning in info["warnings"]:
+        lines.append(f"  WARNING: {warning}")
     for problem in info["problems"]:
         lines.append(f"  PROBLEM: {problem}")
     return "\n".join(lines)

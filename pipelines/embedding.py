@@ -32,12 +32,14 @@ from .files import write_json
 from .judge import judge_for
 from .ldm.latents import encode_posterior
 from .metrics import knn_label_accuracy, knn_label_agreement, silhouette
+from .runs import check_writable_dir
 from .sampling import generate, load_pipeline, sampling_settings, saved_config
 
 METHODS = {"umap": "UMAP", "tsne": "t-SNE"}  # --method -> name on the axes
 SPACES = ("latent", "judge")
 COLOURS = {"NC": "#0072B2", "AD": "#D55E00"}  # Okabe-Ito blue / vermillion: colour-blind safe
 K = 10  # neighbours for every k-NN measure
+MIN_REAL = 10  # fewest real slices a map is drawn from
 PCA_DIMS = 50  # features are standardised, then reduced to this many dimensions before the map
 UMAP_NEIGHBOURS, UMAP_MIN_DIST, TSNE_PERPLEXITY = 15, 0.1, 30.0
 ENCODE_BATCH = 32  # small batches keep activations in cache on CPUs (docs/RESULTS.md)
@@ -68,8 +70,9 @@ def check_options(method: str, space: str, with_generated: int, max_images: int 
         raise UserError(f"unknown --space {space!r}; use one of {', '.join(SPACES)}")
     if with_generated < 0:
         raise UserError(f"--with_generated must be >= 0 (images per label), got {with_generated}")
-    if max_images is not None and max_images <= 0:
-        raise UserError(f"--max_images must be a positive number, got {max_images}")
+    if max_images is not None and max_images < MIN_REAL:
+        raise UserError(f"--max_images must be at least {MIN_REAL} (a map and its k-NN measures "
+                        f"need that many real slices), got {max_images}")
 
 
 def neighbours_for(n_real: int) -> int:
@@ -393,7 +396,7 @@ def _timed(seconds: dict, name: str, fn, *args):
 def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method: str | None = None,
                   space: str = "latent", with_generated: int = 0, max_images: int | None = None,
                   seed: int = 0, device: str = "cpu", progress: bool = True,
-                  sampling: dict | None = None) -> dict:
+                  sampling: dict | None = None, skip_corrupt: str | None = None) -> dict:
     """Encode, (generate,) embed, measure, draw and write the four files; returns the record.
 
     ``method`` and ``max_images`` default to the model config's ``eval.embed_method`` and
@@ -405,17 +408,19 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
     max_images = cfg.eval.max_real_images if max_images is None else max_images
     check_options(method, space, with_generated, max_images)
     pipe = load_pipeline(model_dir, device)
+    check_writable_dir(out_dir, "--out")
     if space == "latent" and not hasattr(pipe, "vae"):
         raise UserError(f"{model_dir} is a {type(pipe).__name__}: it has no VAE latent space; "
                         "use --space judge")
     settings = sampling_settings(pipe, **(sampling or {}))
     resolution = model_resolution(pipe, model_dir)
-    real = load_split(data_root, split, resolution, cfg.data.skip_corrupt, progress, max_images)
+    skip = cfg.data.skip_corrupt if skip_corrupt is None else skip_corrupt == "true"
+    real = load_split(data_root, split, resolution, skip, progress, max_images)
     real_labels = real.labels.numpy()
     check_real(real_labels)
     judge = None
     if space == "judge":
-        train = load_split(data_root, "train", resolution, cfg.data.skip_corrupt, progress)
+        train = load_split(data_root, "train", resolution, skip, progress)
         judge, _ = judge_for(train, cfg.eval, Path(model_dir) / "judge", progress=progress)
     seconds = {}
     feats = _timed(seconds, "encode", real_features, space, pipe, real.pixels, judge, progress)

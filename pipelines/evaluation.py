@@ -17,10 +17,12 @@ import torch
 
 from .config import EvalConfig
 from .data import CLASS_NAMES, SliceSet, load_split
+from .errors import UserError
 from .files import write_json
 from .judge import judge_for, tstr_accuracy
 from .metrics import diversity, frechet_distance, nearest_ssim, precision_recall
 from .plots import grid, save_grid, save_png
+from .runs import check_writable_dir
 
 
 def _subset(slices: SliceSet, n: int, seed: int) -> SliceSet:
@@ -94,18 +96,33 @@ def inception_fid(gen: torch.Tensor, test: SliceSet, weights: str | None) -> flo
     return float(fid.compute())
 
 
+def check_inception_weights(weights: str | None) -> None:
+    """Before any work: the optional ImageNet-FID needs torch-fidelity and the weights file."""
+    if weights is None:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise UserError("--inception_weights needs the optional package torch-fidelity "
+                        "(pip install torch-fidelity); or leave the flag out")
+    if not Path(weights).is_file():
+        raise UserError(f"--inception_weights {weights} is not a file; give the local "
+                        "torch-fidelity Inception weights (.pth)")
+
+
 def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, out_dir,
                        num_images: int, judge_dir, seed: int = 0,
                        inception_weights: str | None = None, progress: bool = True,
-                       sampling: dict | None = None) -> dict:
+                       sampling: dict | None = None, skip_corrupt: bool = False) -> dict:
     """Evaluate ``sample_fn(label, n) -> (n, 1, R, R) uint8`` against the real AD_NC splits.
 
     ``sampling``: the settings the images were made with, recorded in metrics.json.
     """
-    out_dir = Path(out_dir)
+    check_inception_weights(inception_weights)
+    out_dir = check_writable_dir(out_dir, "--out")
     t0 = time.time()
-    train_all = load_split(data_root, "train", resolution, progress=progress)
-    test = _subset(load_split(data_root, "test", resolution, progress=progress),
+    train_all = load_split(data_root, "train", resolution, skip_corrupt, progress=progress)
+    test = _subset(load_split(data_root, "test", resolution, skip_corrupt, progress=progress),
                    cfg.max_real_images, seed)
     judge, reused = judge_for(train_all, cfg, judge_dir, seed=seed, progress=progress)
     gen_parts, label_parts = [], []

@@ -110,10 +110,10 @@ def pipeline_class_name(index: dict) -> str | None:
     return name[1] if isinstance(name, list) and len(name) == 2 else name
 
 
-def is_component(model_dir: Path, name: str, value) -> bool:
-    """A model index entry naming a component: ``[library, class]`` with its own subfolder."""
-    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
-            and (model_dir / name).is_dir())
+def component_names(cls) -> list[str]:
+    """The pipeline's components: its ``__init__`` arguments without a default."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return [p.name for p in params if p.default is inspect.Parameter.empty]
 
 
 def load_pipeline_folder(model_dir: str | Path, classes: dict[str, type],
@@ -126,12 +126,18 @@ def load_pipeline_folder(model_dir: str | Path, classes: dict[str, type],
     model_dir = Path(model_dir)
     index = read_model_index(model_dir)
     cls = classes[pipeline_class_name(index)]
+    components = component_names(cls)
+    missing = [n for n in components if not isinstance(index.get(n), list)]
+    if missing:
+        raise ValueError(f"{model_dir}/model_index.json names no {', '.join(missing)}")
     kwargs = {}
     for name, value in index.items():
         if name.startswith("_"):
             continue
-        restore_dir(model_dir / name)
-        if is_component(model_dir, name, value):
+        if name in components:
+            restore_dir(model_dir / name)
+            if not (model_dir / name).is_dir():
+                raise ValueError(f"{model_dir}: component {name}/ is missing")
             library, class_name = value
             if class_name in custom_components:
                 component_cls = custom_components[class_name]
@@ -140,7 +146,12 @@ def load_pipeline_folder(model_dir: str | Path, classes: dict[str, type],
             else:
                 raise ValueError(f"{model_dir}: component {name} is a {library}.{class_name}, "
                                  "which this repository does not know")
-            kwargs[name] = component_cls.from_pretrained(model_dir, subfolder=name)
+            try:
+                kwargs[name] = component_cls.from_pretrained(model_dir, subfolder=name)
+            except Exception as err:  # any damage: named, with the component, in one line
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise ValueError(f"{model_dir}: component {name}/ ({class_name}) cannot be "
+                                 f"loaded: {type(err).__name__}: {first[:200]}") from None
         else:
             kwargs[name] = value
     return cls(**kwargs)

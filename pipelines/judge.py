@@ -37,6 +37,7 @@ from transformers import ResNetForImageClassification as JudgeModel
 
 from .config import EvalConfig
 from .data import CLASS_NAMES, SliceSet, patient_split, random_flip, to_unit_range
+from .errors import UserError
 from .files import atomic_dir
 
 JUDGE_FILE, CONFIG_FILE, WEIGHTS_FILE = "judge.json", "config.json", "model.safetensors"
@@ -256,6 +257,13 @@ def judge_for(train: SliceSet, cfg: EvalConfig, cache_dir: str | Path, val_fract
     whether it was reused). A cached judge matches when data fingerprint and settings are equal.
     """
     cache_dir = Path(cache_dir)
+    for label, name in enumerate(CLASS_NAMES):
+        patients = {p for p, y in zip(train.patients, train.labels.tolist(), strict=True)
+                    if y == label}
+        if len(patients) < 2:
+            raise UserError(f"the judge needs at least 2 {name} patients in the train split (one "
+                            f"to train on, one to validate on), found {len(patients)}; add "
+                            "patients to the data folder")
     wanted = _cache_meta(train, TrainSettings.from_eval(cfg, seed), val_fraction)
     if _saved_meta(cache_dir, wanted) == wanted:
         try:

@@ -23,6 +23,7 @@ from .files import write_json
 from .hub import load_pipeline_folder, pipeline_class_name, read_model_index
 from .ldm.pipeline_adni import SCHEDULERS, ADNIDiffusionPipeline, make_scheduler
 from .plots import save_grid, save_png
+from .runs import prepare_output_dir
 from .slices import SlicePipeline, to_pixels
 from .stylegan2.networks import StyleGAN2Generator
 from .stylegan2.pipeline_stylegan2 import StyleGAN2Pipeline
@@ -46,7 +47,11 @@ def load_pipeline(model_dir: str | Path, device: str = "cpu") -> SlicePipeline:
                         f"{' or '.join(PIPELINES)}); pass the OUTPUT_DIR of train_unet.py or "
                         "train_stylegan2.py")
     index = read_model_index(model_dir)
-    pipe = load_pipeline_folder(model_dir, PIPELINES, CUSTOM_COMPONENTS)
+    try:
+        pipe = load_pipeline_folder(model_dir, PIPELINES, CUSTOM_COMPONENTS)
+    except ValueError as err:
+        raise UserError(f"{err}; the folder is damaged or incomplete: train it again, or copy "
+                        "it again from where it was trained") from None
     if class_name == "ADNIDiffusionPipeline" and "guidance_scale" not in index:
         # saved before steps and guidance travelled in model_index.json: take the run's config
         sample = saved_config(model_dir).sample
@@ -56,16 +61,30 @@ def load_pipeline(model_dir: str | Path, device: str = "cpu") -> SlicePipeline:
 
 
 def resolve_device(device: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked against the devices present."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    present = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else [])
+    if device not in present:
+        raise UserError(f"--device {device} is not on this machine; present: "
+                        f"{', '.join(present)} (or auto)")
     return device
 
 
 def saved_config(model_dir: str | Path) -> Config:
+    """The config a model was trained with (its folder's config.yaml), or the defaults."""
     path = Path(model_dir) / "config.yaml"
-    return config_from_dict(yaml.safe_load(path.read_text())) if path.is_file() else Config()
+    if not path.is_file():
+        return Config()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path} is damaged ({type(err).__name__}); restore it from the run "
+                        "folder or delete it to use the defaults") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a saved config (a mapping of sections)")
+    return config_from_dict(raw)
 
 
 def sampling_settings(pipe: SlicePipeline, scheduler: str | None = None,
@@ -92,8 +111,10 @@ def sampling_settings(pipe: SlicePipeline, scheduler: str | None = None,
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     settings |= {k: v for k, v in given.items() if v is not None}
     steps, guidance = settings["num_inference_steps"], settings["guidance_scale"]
-    if not isinstance(steps, int) or steps < 1:
-        raise UserError(f"--num_inference_steps must be a positive integer, got {steps}")
+    most = int(pipe.scheduler.config.num_train_timesteps)
+    if not isinstance(steps, int) or not 1 <= steps <= most:
+        raise UserError(f"--num_inference_steps must be an integer from 1 to {most} (the "
+                        f"model's training timesteps), got {steps}")
     if not (math.isfinite(guidance) and guidance >= 1):
         raise UserError(f"--guidance_scale must be a finite number >= 1 (1 means no guidance: "
                         f"the conditional model alone), got {guidance}")
@@ -146,12 +167,16 @@ def sample_to_folder(model_dir, labels: list[str], out_dir, *, num_images: int, 
                      **overrides) -> dict:
     """Write OUT/<label>/<label>_NNNN.png, OUT/grid_<label>.png and OUT/sample.json.
 
+    OUT is emptied first when an earlier sample.py wrote it, refused when it holds other files.
+
     ``overrides``: scheduler / num_inference_steps / guidance_scale flags over the saved ones.
     """
     pipe = load_pipeline(model_dir, device)
     settings = sampling_settings(pipe, **overrides) if settings is None else settings
-    out_dir = Path(out_dir)
-    record = {"model": str(model_dir), "seed": seed, **settings, "labels": {}}
+    out_dir = prepare_output_dir(out_dir, "sample.json")
+    record = {"model": str(model_dir), "seed": seed, **settings, "labels": {},
+              "complete": False}
+    write_json(out_dir / "sample.json", record)  # marks the folder as this script's from now on
     for label in labels:
         t0 = time.time()
         images = generate(pipe, label, num_images, seed=seed, batch_size=batch_size,
@@ -162,5 +187,6 @@ def sample_to_folder(model_dir, labels: list[str], out_dir, *, num_images: int, 
         record["labels"][label] = {"num_images": len(files), "folder": label,
                                    "grid": f"grid_{label}.png",
                                    "seconds": round(time.time() - t0, 2)}
+    record["complete"] = True
     write_json(out_dir / "sample.json", record)
     return record

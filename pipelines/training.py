@@ -33,6 +33,7 @@ import copy
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .errors import UserError
@@ -69,6 +71,9 @@ class BatchSchedule:
                  world_size: int = 1):
         if num_examples < 1:
             raise UserError("no training examples")
+        if batch_size * world_size > num_examples:
+            raise UserError(f"--train_batch_size {batch_size} x {world_size} process(es) is more "
+                            f"than the {num_examples} training examples; lower it")
         self.n, self.batch_size, self.seed = num_examples, batch_size, seed
         self.rank, self.world = rank, world_size
         self._epoch, self._perm = -1, None
@@ -230,11 +235,19 @@ def load_checkpoint(accelerator: Accelerator, path: Path,
     if not rng_file.is_file():
         accelerator.print(f"warning: {path} has no {rng_file.name} (saved by a different number "
                           "of processes?): resuming, but not exactly as the run would have gone")
-    accelerator.load_state(str(path))
-    if load_extra is not None:
-        with rng_untouched():  # keep the RNG state just restored
-            load_extra(path)
-    return TrainState(**json.loads((path / "trainer_state.json").read_text()))
+    try:
+        accelerator.load_state(str(path))
+        if load_extra is not None:
+            with rng_untouched():  # keep the RNG state just restored
+                load_extra(path)
+        return TrainState(**json.loads((path / "trainer_state.json").read_text()))
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError,
+            EOFError, SafetensorError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"checkpoint {path} cannot be loaded ({type(err).__name__}: {first}): it "
+                        "is damaged or was written by another model or config. Resume from an "
+                        "earlier one with --resume_from_checkpoint PATH, or start afresh with "
+                        "--overwrite") from None
 
 
 class EMAWeights:

@@ -18,8 +18,8 @@ def test_overrides_flat_dotted_and_own_section():
     assert cfg.data.resolution == 48
     assert cfg.unet.learning_rate == 2e-4
     assert cfg.vae.max_train_steps == 7 and cfg.unet.max_train_steps != 7
-    assert load_config(None, ["--block_out_channels", "[4, 8]"], section="unet") \
-        .unet.block_out_channels == [4, 8]
+    assert load_config(None, ["--block_out_channels", "[32, 64]", "--attention_levels",
+                              "[false, true]"], section="unet").unet.block_out_channels == [32, 64]
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -131,7 +131,7 @@ def test_sample_evaluate_and_embed_take_a_stylegan2_model(tiny_gan, tiny_data, t
 
 @pytest.mark.parametrize("args, message", [
     (["--resolution", "48"], "power-of-two"),
-    (["--augment", "rotate"], "unknown DiffAugment"),
+    (["--augment", "rotate"], "color, translation, cutout"),
     (["--r1_interval", "0"], "r1_interval"),
 ])
 def test_bad_input_exits_2(tiny_data, tmp_path, args, message):

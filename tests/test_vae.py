@@ -74,7 +74,7 @@ def test_not_a_vae_is_a_user_error(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data", "/no/such/folder"], "does not exist"),
     (["--no_such_key", "3"], "unknown option"),
-    (["--max_train_steps", "-5"], "positive"),
+    (["--max_train_steps", "-5"], "from 1"),
     (["--pretrained", "/no/such/vae"], "does not exist"),
 ])
 def test_train_vae_bad_input_exits_2(tiny_data, tmp_path, args, message):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines.config import load_config
 from pipelines.errors import cli_entry
 from pipelines.files import write_json
 from pipelines.plots import grid, save_png
@@ -170,6 +171,7 @@ def main(argv=None):
     parser.add_argument("--report_only", action="store_true", help="rewrite report.md only")
     args = parser.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
+    load_config(args.config)  # a missing or bad config stops here, before any stage runs
     if not args.report_only:
         run_stages(args.config, data, out)
     path = write_report(data, out)

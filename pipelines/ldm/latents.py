@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -72,12 +74,26 @@ def encode_posterior(vae, pixels: torch.Tensor, batch_size: int = 32, desc: str 
     return torch.cat(means), torch.cat(stds)
 
 
+def _readable(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                handle.get_tensor(name)
+        return True
+    except (OSError, SafetensorError, RuntimeError, ValueError):
+        return False
+
+
 def build_latent_cache(vae, slices: SliceSet, cache_dir: str | Path, flip: bool,
                        accelerator=None, batch_size: int = 32) -> LatentCache:
     """Load the cache for (VAE, data, flip) or encode and write it (main process only)."""
     key = f"{vae_fingerprint(vae)}-{slices.fingerprint()[:16]}-{'flip' if flip else 'noflip'}"
     path = Path(cache_dir) / f"latents-{key}.safetensors"
     is_main = accelerator is None or accelerator.is_main_process
+    if is_main and path.is_file() and not _readable(path):
+        print(f"note: latent cache {path} is damaged (truncated?); encoding it again",
+              file=sys.stderr)
+        path.unlink()
     if is_main and not path.is_file():
         vae.eval()
         tensors = {"labels": slices.labels.clone()}

@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..files import write_json
 from ..hub import card_header, save_pipeline, usage_snippet
 from ..plots import save_grid, to_uint8
+from ..runs import claim_run_dir
 from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
 from ..vae.model import load_vae, vae_downsample_factor
 from .latents import build_latent_cache
@@ -73,8 +74,9 @@ Full training config:
 
 
 def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None = None,
-               cache_dir: str | Path | None = None) -> dict:
-    output_dir = Path(output_dir)
+               cache_dir: str | Path | None = None, overwrite: bool = False) -> dict:
+    output_dir = claim_run_dir(output_dir, "unet", resume, overwrite,
+                               reads=tuple(p for p in (vae_path, data_root, cache_dir) if p))
     ucfg = cfg.unet
     if not 0 <= ucfg.cond_drop_prob < 1:
         raise UserError(f"--cond_drop_prob must be in [0, 1), got {ucfg.cond_drop_prob}")

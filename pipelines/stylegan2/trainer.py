@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from ..errors import UserError
 from ..files import write_json
 from ..hub import card_header, save_pipeline, usage_snippet
 from ..plots import save_grid, to_uint8
+from ..runs import claim_run_dir
 from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
 from .networks import StyleGAN2Discriminator, StyleGAN2Generator, diff_augment
 from .objective import StyleGAN2TrainingModel
@@ -75,8 +75,9 @@ Full training config:
 """
 
 
-def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = None) -> dict:
-    output_dir = Path(output_dir)
+def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = None,
+                    overwrite: bool = False) -> dict:
+    output_dir = claim_run_dir(output_dir, "stylegan2", resume, overwrite, reads=(data_root,))
     scfg = cfg.stylegan2
     for name in ("r1_interval", "pl_interval", "pl_batch_shrink"):
         if getattr(scfg, name) < 1:

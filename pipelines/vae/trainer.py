@@ -7,6 +7,7 @@ OUTPUT_DIR/samples/recon-N.png grids and TensorBoard logs.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -23,7 +24,15 @@ from ..data import CLASS_NAMES, load_train_val, spread_indices, training_images
 from ..errors import UserError
 from ..files import save_pretrained_atomic, write_json
 from ..plots import save_grid, to_uint8
-from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
+from ..runs import claim_run_dir
+from ..training import (
+    EMAWeights,
+    TrainingDiverged,
+    count_parameters,
+    make_accelerator,
+    prepare_run,
+    run_training,
+)
 from .model import PatchDiscriminator, adapt_to_greyscale, build_vae, load_vae
 from .objective import VAETrainingModel
 
@@ -72,9 +81,11 @@ def _prepare_vae(cfg: Config, pretrained: str | None):
 
 
 def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
-              pretrained: str | None = None, resume: str | None = None) -> dict:
+              pretrained: str | None = None, resume: str | None = None,
+              overwrite: bool = False) -> dict:
     """Train the VAE with the shared loop; return the metrics written to metrics.json."""
-    output_dir = Path(output_dir)
+    output_dir = claim_run_dir(output_dir, "vae", resume, overwrite,
+                               reads=tuple(p for p in (data_root, pretrained) if p))
     vcfg = cfg.vae
     accelerator = make_accelerator(vcfg, output_dir, find_unused_parameters=True)
     train_set, val_set = load_train_val(data_root, cfg.data,
@@ -130,9 +141,16 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     scale = measure_scaling_factor(vae, train_set.subset(shard).as_float(), accelerator)
     metrics = {}
     if accelerator.is_main_process:
+        held_out = reconstruction_metrics(vae, val_set.as_float())
+        bad = {k: v for k, v in {**held_out, "scaling_factor": scale}.items()
+               if not math.isfinite(v)}
+        if bad:  # a diverged VAE: nothing is saved over the last good checkpoint
+            raise TrainingDiverged(
+                f"the trained VAE gives non-finite {', '.join(f'{k} {v}' for k, v in bad.items())}"
+                f" after {state.step} steps; nothing was saved. Lower --learning_rate and train "
+                "again (--overwrite), or resume from an earlier checkpoint")
         vae.register_to_config(scaling_factor=scale)
         save_pretrained_atomic(vae, output_dir / "vae")
-        held_out = reconstruction_metrics(vae, val_set.as_float())
         metrics = {
             **held_out, "scaling_factor": scale, "steps": state.step,
             "wall_seconds": round(state.wall_seconds, 1),
