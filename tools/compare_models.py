@@ -13,7 +13,6 @@ OUT/comparison.png (rows: real NC, then each model's NC; real AD, then each mode
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.errors import UserError, cli_entry
 from pipelines.files import write_json
 from pipelines.plots import grid, save_png
 from pipelines.sampling import generate, load_pipeline, sampling_settings
@@ -103,6 +103,7 @@ def figure(pipes, data: Path, out: Path, n: int = 6) -> Path:
     return save_png(grid(np.concatenate(rows), nrow=n, pad=4), out / "comparison.png")
 
 
+@cli_entry
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,7 +126,8 @@ def main():
     for model, eval_dir in zip(map(Path, args.models), map(Path, evals), strict=True):
         metrics = eval_dir / "metrics.json"
         if not metrics.is_file():
-            sys.exit(f"{metrics} is missing: run `python evaluate.py --model {model}` first")
+            raise UserError(f"{metrics} is missing: run `python evaluate.py --model {model}` "
+                            "first")
         pipe = load_pipeline(model)
         pipes.append((pipe, guidance[len(pipes)]))
         records.append({"model": str(model), "eval_dir": str(eval_dir),

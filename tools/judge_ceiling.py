@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.data import CLASS_NAMES, load_split, spread_indices, to_pixels
+from pipelines.errors import cli_entry
 from pipelines.judge import Judge
 from pipelines.metrics import frechet_distance
 from pipelines.sampling import load_pipeline, saved_config
@@ -23,6 +24,7 @@ from pipelines.vae.model import load_vae
 from pipelines.vae.trainer import reconstruct
 
 
+@cli_entry
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
