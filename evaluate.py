@@ -4,8 +4,10 @@
     python evaluate.py --model runs/ldm --data AD_NC --out runs/ldm/eval --num_images 500
 
 Trains (once, then cached in MODEL/judge) a small AD/NC classifier on the real training split,
-generates --num_images slices per label and writes OUT/metrics.json, OUT/metrics.md, sample grids
-and OUT/closest_pairs.png (the generated slices nearest to a training slice, beside it).
+generates --num_images slices per label and writes OUT/metrics.json, OUT/metrics.md, sample grids,
+OUT/closest_pairs.png (the generated slices nearest to a training slice, beside it) and
+OUT/spectrum.png (the sharpness measure: power spectra of generated, real and VAE-reconstructed
+slices at the native size).
 """
 
 import torch
@@ -15,6 +17,8 @@ from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
 from pipelines.sampling import generate, load_pipeline, sampling_settings, saved_config
+from pipelines.slices import to_pixels, to_unit_range
+from pipelines.vae.trainer import reconstruct
 
 
 @cli_entry
@@ -38,11 +42,18 @@ def main(argv=None):
                           settings=settings, native_size=False)
         return torch.from_numpy(images)[:, None]
 
+    reconstruct_fn = None
+    if hasattr(pipe, "vae"):  # the VAE round trip: the sharpness a latent model can reach
+
+        def reconstruct_fn(pixels):
+            return to_pixels(reconstruct(pipe.vae, to_unit_range(pixels)))
+
     out = args.out or f"{args.model}/eval"
     metrics = evaluate_generator(sample_fn, args.data, cfg.data.resolution, cfg.eval,
                                  out, num_images, judge_dir=f"{args.model}/judge", seed=args.seed,
                                  inception_weights=args.inception_weights, sampling=settings,
-                                 skip_corrupt=skip_corrupt(args, cfg.data.skip_corrupt))
+                                 skip_corrupt=skip_corrupt(args, cfg.data.skip_corrupt),
+                                 reconstruct_fn=reconstruct_fn)
     metrics_md = open(f"{out}/metrics.md").read()
     print(metrics_md)
     print(f"wrote {out}/metrics.json ({metrics['seconds']['total']} s)")

@@ -23,6 +23,8 @@ from .judge import judge_for, tstr_accuracy
 from .metrics import diversity, frechet_distance, nearest_ssim, precision_recall
 from .plots import grid, save_grid, save_png
 from .runs import check_writable_dir
+from .sharpness import compare_spectra, plot_spectra
+from .slices import NATIVE_SIZE, to_native
 
 
 def _subset(slices: SliceSet, n: int, seed: int) -> SliceSet:
@@ -113,10 +115,13 @@ def check_inception_weights(weights: str | None) -> None:
 def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, out_dir,
                        num_images: int, judge_dir, seed: int = 0,
                        inception_weights: str | None = None, progress: bool = True,
-                       sampling: dict | None = None, skip_corrupt: bool = False) -> dict:
+                       sampling: dict | None = None, skip_corrupt: bool = False,
+                       reconstruct_fn=None) -> dict:
     """Evaluate ``sample_fn(label, n) -> (n, 1, R, R) uint8`` against the real AD_NC splits.
 
     ``sampling``: the settings the images were made with, recorded in metrics.json.
+    ``reconstruct_fn(pixels) -> pixels``: the model's VAE round trip at its resolution, if it has
+    one; its sharpness is the reference the generated slices' is compared with.
     """
     check_inception_weights(inception_weights)
     out_dir = check_writable_dir(out_dir, "--out")
@@ -154,6 +159,9 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
     metrics["trtr"] = tstr_accuracy(real_same_size.pixels, real_same_size.labels, test, cfg,
                                     seed, progress)
     metrics["inception_fid"] = inception_fid(gen, test, inception_weights)
+    metrics["sharpness"] = sharpness_block(gen, gen_labels, test, data_root, cfg, seed,
+                                           skip_corrupt, progress, reconstruct_fn,
+                                           out_dir / "spectrum.png")
     metrics["judge"] = {"val_accuracy": judge.val_accuracy, "reused_from_cache": reused,
                         "dir": str(judge_dir)}
     metrics["num_images_per_label"] = num_images
@@ -164,6 +172,36 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / "metrics.md").write_text(metrics_table(metrics))
     return metrics
+
+
+def sharpness_block(gen, gen_labels, test: SliceSet, data_root, cfg: EvalConfig, seed: int,
+                    skip_corrupt: bool, progress: bool, reconstruct_fn, plot_path) -> dict:
+    """Generated vs real spectra at the native 256x240 (and the VAE's reconstructions').
+
+    The real slices are the same test subset, decoded at the padded native side and cropped, so
+    they are the files as they are; generated slices go through the pipeline's own native crop.
+    """
+    side = max(NATIVE_SIZE)
+    real = _subset(load_split(data_root, "test", side, skip_corrupt, progress=progress),
+                   cfg.max_real_images, seed)
+    if real.files != test.files:
+        raise RuntimeError("the native and model-size test subsets differ")
+
+    def native(pixels):
+        return np.stack([to_native(p[0].numpy(), NATIVE_SIZE) for p in pixels])
+
+    real_native, gen_native = native(real.pixels), native(gen)
+    block = {"all": compare_spectra(gen_native, real_native)}
+    for label, name in enumerate(CLASS_NAMES):
+        g, r = (gen_labels == label).numpy(), (real.labels == label).numpy()
+        block[name] = compare_spectra(gen_native[g], real_native[r])
+    curves = {"real test": real_native, "generated": gen_native}
+    if reconstruct_fn is not None:
+        recon_native = native(reconstruct_fn(test.pixels))
+        block["vae_reconstruction"] = compare_spectra(recon_native, real_native)
+        curves["VAE reconstructions"] = recon_native
+    plot_spectra(plot_path, curves)
+    return block
 
 
 def metrics_table(m: dict) -> str:
@@ -189,6 +227,19 @@ def metrics_table(m: dict) -> str:
         f"real test: {m['memorisation']['test_nn_ssim_median']:.3f}")
     lines.append(f"\nTSTR accuracy {m['tstr']:.3f} vs TRTR {m['trtr']:.3f} (same classifier, "
                  f"same number of training images, tested on real test slices).")
+    sharp = m.get("sharpness")
+    if sharp:
+        bands = list(sharp["all"]["band_energy_ratio"])
+        lines.append("\nSharpness at the native 256x240, inside the brain (generated / real "
+                     "spectral energy per band of spatial frequency, 1 = as much detail; "
+                     "log-spectrum distance, 0 = the same spectrum):\n")
+        lines.append("| set | " + " | ".join(f"{b} of Nyquist" for b in bands)
+                     + " | log-spectrum distance |")
+        lines.append("|---" * (len(bands) + 2) + "|")
+        for name, block in sharp.items():
+            ratios = " | ".join(f"{block['band_energy_ratio'][b]:.3f}" for b in bands)
+            lines.append(f"| {name} | {ratios} | {block['log_spectrum_distance']:.3f} |")
+        lines.append("")
     fid = m["inception_fid"]
     lines.append("Inception FID: " + (f"{fid:.2f}" if fid is not None else
                                       "skipped (no local Inception weights given)"))

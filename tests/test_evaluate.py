@@ -5,7 +5,7 @@ import pytest
 from .conftest import run_script
 
 KEYS = {"fd", "precision", "recall", "judge_acc", "diversity", "memorisation", "tstr", "trtr",
-        "inception_fid", "per_label"}
+        "inception_fid", "per_label", "sharpness", "sampling"}
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,16 @@ def test_metrics_json_has_the_documented_shape(evaluation):
     assert set(m["per_label"]) == {"AD", "NC"}
     assert set(m["per_label"]["AD"]["judge_acc"]) == {"real_test", "gen_AD"}
     assert 0 <= m["tstr"] <= 1 and 0 <= m["trtr"] <= 1 and m["inception_fid"] is None
-    for name in ("metrics.md", "closest_pairs.png", "generated_AD.png", "generated_NC.png"):
+    assert set(m["sharpness"]) == {"all", "AD", "NC", "vae_reconstruction"}
+    ratios = m["sharpness"]["all"]["band_energy_ratio"]
+    assert list(ratios) == ["(1/16, 1/8]", "(1/8, 1/4]", "(1/4, 1/2]", "(1/2, 1]"]
+    assert all(v > 0 for v in ratios.values())
+    # a 32 px model has no detail above 1/8 of the native Nyquist: the measure must say so
+    assert ratios["(1/2, 1]"] < 0.2 and m["sharpness"]["all"]["log_spectrum_distance"] > 0
+    for name in ("metrics.md", "closest_pairs.png", "generated_AD.png", "generated_NC.png",
+                 "spectrum.png"):
         assert (out / name).is_file()
-    assert "Frechet distance" in proc.stdout
+    assert "Frechet distance" in proc.stdout and "log-spectrum distance" in proc.stdout
 
 
 def test_judge_is_cached_and_reused(evaluation, tiny_model, tiny_data, tmp_path):

@@ -152,7 +152,8 @@ def write_report(data: Path, out: Path) -> Path:
                   f"{unet['parameters'] / 1e6:.1f}M parameters.", ""]
     if (out / "eval" / "metrics.md").is_file():
         lines += ["## Evaluation", "", (out / "eval" / "metrics.md").read_text(),
-                  "![closest pairs](eval/closest_pairs.png)", ""]
+                  "![closest pairs](eval/closest_pairs.png)", "",
+                  "![power spectra, generated vs real](eval/spectrum.png)", ""]
     if emb.is_file():
         lines += ["## Embedding", "", "See [embedding/embedding.md](embedding/embedding.md).",
                   "", "![embedding](embedding/embedding.png)", ""]
