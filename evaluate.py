@@ -12,7 +12,7 @@ slices at the native size).
 
 import torch
 
-from pipelines.cli import model_script_parser, sampling_overrides, skip_corrupt
+from pipelines.cli import model_script_parser, sampling_overrides
 from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
@@ -52,7 +52,8 @@ def main(argv=None):
     metrics = evaluate_generator(sample_fn, args.data, cfg.data.resolution, cfg.eval,
                                  out, num_images, judge_dir=f"{args.model}/judge", seed=args.seed,
                                  inception_weights=args.inception_weights, sampling=settings,
-                                 skip_corrupt=skip_corrupt(args, cfg.data.skip_corrupt),
+                                 skip_corrupt=cfg.data.skip_corrupt if args.skip_corrupt is None
+                                 else args.skip_corrupt,
                                  reconstruct_fn=reconstruct_fn)
     metrics_md = open(f"{out}/metrics.md").read()
     print(metrics_md)

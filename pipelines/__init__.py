@@ -10,6 +10,13 @@ One subpackage per model, each holding its network, objective, trainer and pipel
 Names load on first use: `python -m pipelines.data` then runs its module only once.
 """
 
+import os
+
+# Nothing here may reach a hub: set before any module imports huggingface_hub or datasets,
+# which read these once at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 _LAZY = {
     "CLASS_NAMES": "slices",
     "NULL_LABEL": "slices",

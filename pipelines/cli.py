@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from .config import Config, load_config
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from .ldm.pipeline_adni import SCHEDULERS
 
 DEFAULT_DATA = Path("data/phantom")  # what `make demo` writes
 DEFAULT_MODEL = Path("outputs/demo/model")
@@ -37,6 +34,13 @@ def parse_with_config(parser: argparse.ArgumentParser, section: str,
     return args, load_config(args.config, rest, section=section)
 
 
+def true_false(text: str) -> bool:
+    """An argparse type for true / false flags, written as the YAML configs write them."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def add_run_args(parser: argparse.ArgumentParser, default_output: str) -> None:
     """The flags both trainers take besides the config: data, output folder, resume."""
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder (train/ test/)")
@@ -49,8 +53,6 @@ def add_run_args(parser: argparse.ArgumentParser, default_output: str) -> None:
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """The flags over a model's saved sampler, steps and guidance (one set for every script)."""
-    from .ldm.pipeline_adni import SCHEDULERS
-
     group = parser.add_argument_group("sampling (default: the settings saved with the model)")
     group.add_argument("--scheduler", default=None, choices=list(SCHEDULERS))
     group.add_argument("--num_inference_steps", type=int, default=None)
@@ -71,14 +73,11 @@ def model_script_parser(doc: str, out_default: str, *, data: bool) -> argparse.A
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder")
     if data:
         parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder")
-        parser.add_argument("--skip_corrupt", default=None, choices=["true", "false"],
+        parser.add_argument("--skip_corrupt", default=None, type=true_false,
+                            metavar="{true,false}",
                             help="skip (and count) unreadable images instead of stopping "
                                  "(default: the model's data.skip_corrupt)")
     parser.add_argument("--out", default=None, help=f"output folder (default {out_default})")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
     add_sampling_args(parser)
     return parser
-
-
-def skip_corrupt(args: argparse.Namespace, default: bool) -> bool:
-    return default if args.skip_corrupt is None else args.skip_corrupt == "true"

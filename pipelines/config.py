@@ -17,6 +17,9 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .ldm.pipeline_adni import SCHEDULERS
+from .ldm.unet import CONDITIONINGS
+from .stylegan2.networks import AUGMENTATIONS
 
 
 @dataclass
@@ -166,20 +169,25 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 @dataclass(frozen=True)
 class Rule:
-    """What one config value may be: a range (``low``/``high``, each inclusive or not), choices,
-    or a check on a list; ``text`` is the rule as messages and ``--describe`` state it."""
+    """What one config value may be: a range (``low``/``high``, each inclusive or not), a
+    multiple, choices, comma-separated parts, or a check on a list; ``text`` is the rule as
+    messages and ``--describe`` state it."""
 
     text: str
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    multiple: int = 0
     choices: tuple = ()
+    parts: tuple = ()  # a comma-separated subset of these (or empty)
     items: str = ""  # "positive ints" | "bools" for list values
 
     def check(self, value) -> bool:
         if self.choices:
             return value in self.choices
+        if self.parts:
+            return all(p in ("", *self.parts) for p in value.split(","))
         if self.items:
             if not isinstance(value, list) or not value:
                 return False
@@ -188,10 +196,16 @@ class Rule:
             return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
         if isinstance(value, float) and not math.isfinite(value):
             return False
+        if self.multiple and value % self.multiple:
+            return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
         return self.high is None or (value < self.high or (not self.high_open and
                                                            value == self.high))
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule("one of " + ", ".join(choices), choices=choices)
 
 
 MAX_STEPS = 10_000_000  # larger counts are typos, not runs: refused rather than hanging
@@ -207,29 +221,27 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
                  "constant_with_warmup")
 
 RULES = {
-    "resolution": Rule("a multiple of 8 from 8 to 1024", 8, 1024),
+    "resolution": Rule("a multiple of 8 from 8 to 1024", 8, 1024, multiple=8),
     "val_patients_fraction": FRACTION, "split_seed": SEED, "seed": SEED,
     "max_train_minutes": NON_NEGATIVE, "lr_warmup_steps": COUNT, "disc_start_step": COUNT,
     "checkpoints_total_limit": COUNT, "num_workers": Rule("an integer from 0 to 64", 0, 64),
-    "lr_scheduler": Rule("one of " + ", ".join(LR_SCHEDULERS), choices=LR_SCHEDULERS),
+    "lr_scheduler": one_of(*LR_SCHEDULERS),
     "adam_beta1": FRACTION, "adam_beta2": FRACTION, "ema_decay": FRACTION,
     "cond_drop_prob": FRACTION, "w_avg_beta": FRACTION, "style_mixing_prob": PROBABILITY,
     "pl_decay": PROBABILITY, "beta_start": OPEN_UNIT, "beta_end": OPEN_UNIT,
-    "mixed_precision": Rule("one of no, fp16, bf16", choices=("no", "fp16", "bf16")),
-    "conditioning": Rule("one of class_embed, cross_attention",
-                         choices=("class_embed", "cross_attention")),
-    "prediction_type": Rule("one of epsilon, v_prediction", choices=("epsilon", "v_prediction")),
-    "beta_schedule": Rule("one of linear, scaled_linear, squaredcos_cap_v2",
-                          choices=("linear", "scaled_linear", "squaredcos_cap_v2")),
-    "scheduler": Rule("one of dpmsolver++, ddim, euler, ddpm",
-                      choices=("dpmsolver++", "ddim", "euler", "ddpm")),
-    "embed_method": Rule("one of umap, tsne", choices=("umap", "tsne")),
+    "mixed_precision": one_of("no", "fp16", "bf16"),
+    "conditioning": one_of(*CONDITIONINGS),
+    "prediction_type": one_of("epsilon", "v_prediction"),
+    "beta_schedule": one_of("linear", "scaled_linear", "squaredcos_cap_v2"),
+    "scheduler": one_of(*SCHEDULERS),
+    "embed_method": one_of("umap", "tsne"),
     "guidance_scale": Rule("a finite number >= 1 (1 = no guidance)", 1),
     "num_train_timesteps": Rule("an integer from 2 to 10,000", 2, 10_000),
     "num_inference_steps": Rule("an integer from 1 to 1,000", 1, 1000),
     "block_out_channels": Rule("a non-empty list of positive integers", items="positive ints"),
     "attention_levels": Rule("a non-empty list of true/false", items="bools"),
-    "augment": Rule("comma-separated color, translation, cutout (or empty)"),
+    "augment": Rule("comma-separated " + ", ".join(AUGMENTATIONS) + " (or empty)",
+                    parts=AUGMENTATIONS),
 }
 
 
@@ -248,13 +260,18 @@ def rule_for(key: str, value) -> Rule | None:
 
 def check_value(key: str, value, where: str, source: str) -> None:
     rule = rule_for(key, value)
-    ok = rule is None or rule.check(value)
-    if ok and key == "resolution":
-        ok = value % 8 == 0
-    if ok and key == "augment":
-        ok = all(p in ("", "color", "translation", "cutout") for p in value.split(","))
-    if not ok:
+    if rule is not None and not rule.check(value):
         raise UserError(f"config key {where} = {value!r} (from {source}) must be {rule.text}")
+
+
+def validate(cfg: Config, source: str = "the config") -> None:
+    """Every value against its rule, then the rules between keys: what a trainer checks first,
+    whether its config came from a file, flags or code."""
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            check_value(f.name, getattr(obj, f.name), f"{section}.{f.name}", source)
+    check_config(cfg)
 
 
 def check_config(cfg: Config) -> None:

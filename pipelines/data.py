@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,9 +34,6 @@ from .slices import (  # noqa: F401  (re-exported: the data layer's names)
     to_pixels,
     to_unit_range,
 )
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 LABEL_IDS = {name: i for i, name in enumerate(CLASS_NAMES)}
 SPLITS = ("train", "test")

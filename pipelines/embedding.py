@@ -396,7 +396,7 @@ def _timed(seconds: dict, name: str, fn, *args):
 def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method: str | None = None,
                   space: str = "latent", with_generated: int = 0, max_images: int | None = None,
                   seed: int = 0, device: str = "cpu", progress: bool = True,
-                  sampling: dict | None = None, skip_corrupt: str | None = None) -> dict:
+                  sampling: dict | None = None, skip_corrupt: bool | None = None) -> dict:
     """Encode, (generate,) embed, measure, draw and write the four files; returns the record.
 
     ``method`` and ``max_images`` default to the model config's ``eval.embed_method`` and
@@ -414,7 +414,7 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
                         "use --space judge")
     settings = sampling_settings(pipe, **(sampling or {}))
     resolution = model_resolution(pipe, model_dir)
-    skip = cfg.data.skip_corrupt if skip_corrupt is None else skip_corrupt == "true"
+    skip = cfg.data.skip_corrupt if skip_corrupt is None else skip_corrupt
     real = load_split(data_root, split, resolution, skip, progress, max_images)
     real_labels = real.labels.numpy()
     check_real(real_labels)

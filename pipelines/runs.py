@@ -74,6 +74,14 @@ def _contents(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.iterdir() if p.name not in (LOCK_FILE,))
 
 
+def _delete(paths) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def _kind_of(run_dir: Path) -> str | None:
     try:
         return json.loads((run_dir / RUN_FILE).read_text()).get("kind")
@@ -99,8 +107,9 @@ def claim_run_dir(run_dir: str | Path, kind: str, resume: str | None = None,
                         "--resume_from_checkpoint continues a run of the same kind; pick "
                         "another --output_dir")
     legacy_run = other is None and (run_dir / "checkpoints").is_dir()  # before run.json
+    continuing = bool(resume) and (other == kind or legacy_run)
     holds = [p for p in contents if p.name in RESULTS] if other else contents
-    if holds and not (resume and (other == kind or legacy_run)):
+    if holds and not continuing:
         if not overwrite:
             what = f"a {other} run" if other else "files of another run or program"
             names = ", ".join(p.name for p in holds[:5]) + (", ..." if len(holds) > 5 else "")
@@ -111,13 +120,8 @@ def claim_run_dir(run_dir: str | Path, kind: str, resume: str | None = None,
             if path.resolve().is_relative_to(run_dir.resolve()):
                 raise UserError(f"--overwrite would delete {path}, which this run reads; pick "
                                 "another --output_dir")
-    if contents and not (resume and (other == kind or legacy_run)):
-        # replaced (--overwrite), or leftovers of a run that stopped before it saved anything
-        for path in contents:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+    if not continuing:  # replaced (--overwrite), or leftovers of a run that saved nothing
+        _delete(contents)
     record = {"kind": kind, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "argv": sys.argv}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -131,14 +135,10 @@ def prepare_output_dir(out_dir: str | Path, record: str, flag: str = "--out") ->
     folder holding anything else is refused rather than mixed into.
     """
     out_dir = check_writable_dir(out_dir, flag)
-    contents = [p for p in out_dir.iterdir()]
+    contents = list(out_dir.iterdir())
     if contents and not (out_dir / record).is_file():
         names = ", ".join(sorted(p.name for p in contents)[:5])
         raise UserError(f"{flag} {out_dir} already holds other files ({names}); pick an empty or "
                         "new folder")
-    for path in contents:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    _delete(contents)
     return out_dir

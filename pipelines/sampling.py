@@ -39,14 +39,14 @@ def load_pipeline(model_dir: str | Path, device: str = "cpu") -> SlicePipeline:
         raise UserError(f"no model at {model_dir}; train one (make demo, or train_unet.py) or "
                         "pass --model OUT")
     try:
-        class_name = pipeline_class_name(read_model_index(model_dir))
+        index = read_model_index(model_dir)
     except ValueError:
-        class_name = None
+        index = {}
+    class_name = pipeline_class_name(index)
     if class_name not in PIPELINES:
         raise UserError(f"{model_dir} is not a model of this project (no model_index.json naming "
                         f"{' or '.join(PIPELINES)}); pass the OUTPUT_DIR of train_unet.py or "
                         "train_stylegan2.py")
-    index = read_model_index(model_dir)
     try:
         pipe = load_pipeline_folder(model_dir, PIPELINES, CUSTOM_COMPONENTS)
     except ValueError as err:

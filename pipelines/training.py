@@ -51,6 +51,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .files import replace_dir
 
 CHECKPOINT_PREFIX = "checkpoint-"
 KILL_AFTER_CHECKPOINT_ENV = "PIPELINES_KILL_AFTER_CHECKPOINT"
@@ -122,8 +123,6 @@ def make_accelerator(cfg, output_dir: str | Path, find_unused_parameters: bool =
     """Accelerator with TensorBoard logs under OUTPUT_DIR/logs (bf16 autocast works on CPU too)."""
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if \
         find_unused_parameters else []
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise UserError(f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}")
     precision = resolve_precision(cfg.mixed_precision)
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -158,18 +157,6 @@ def resolve_precision(requested: str) -> str:
     if cpu_has_bf16():
         return "bf16"
     return "no"
-
-
-def validate_train_config(cfg) -> None:
-    for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps",
-                 "checkpointing_steps", "validation_steps", "log_steps"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or value <= 0:
-            raise UserError(f"--{name} must be a positive integer, got {value}")
-    if not cfg.learning_rate > 0:
-        raise UserError(f"--learning_rate must be positive, got {cfg.learning_rate}")
-    if cfg.max_train_minutes < 0:
-        raise UserError(f"--max_train_minutes must be >= 0, got {cfg.max_train_minutes}")
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -219,9 +206,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir, state: TrainState, lim
             with rng_untouched():  # the run goes on from the snapshot, as a resumed one does
                 save_extra(tmp)
         (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         for old in checkpoints(output_dir)[:-limit] if limit > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -311,7 +296,6 @@ def run_training(
     ``ema``: stepped after each optimizer step, saved and restored with the checkpoints.
     ``on_validation(step)`` runs on the main process, with the global RNGs restored after it.
     """
-    validate_train_config(cfg)
     if ema is not None:
         save_extra, load_extra = _chain(save_extra, ema.save), _chain(load_extra, ema.load)
     state = TrainState()

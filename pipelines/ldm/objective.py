@@ -7,15 +7,11 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from ..errors import UserError
 from ..slices import NULL_LABEL
 from .pipeline_adni import label_inputs
 
 
 def training_scheduler(ucfg) -> DDPMScheduler:
-    if ucfg.prediction_type not in ("epsilon", "v_prediction"):
-        raise UserError(f"unet.prediction_type must be epsilon or v_prediction, "
-                        f"got {ucfg.prediction_type!r}")
     return DDPMScheduler(num_train_timesteps=ucfg.num_train_timesteps,
                          beta_schedule=ucfg.beta_schedule, beta_start=ucfg.beta_start,
                          beta_end=ucfg.beta_end, prediction_type=ucfg.prediction_type,

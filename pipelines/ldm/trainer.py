@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, validate
 from ..data import CLASS_NAMES, NULL_LABEL, load_train_val
-from ..errors import UserError
 from ..files import write_json
 from ..hub import card_header, save_pipeline, usage_snippet
 from ..plots import save_grid, to_uint8
@@ -75,11 +74,10 @@ Full training config:
 
 def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None = None,
                cache_dir: str | Path | None = None, overwrite: bool = False) -> dict:
+    validate(cfg)
     output_dir = claim_run_dir(output_dir, "unet", resume, overwrite,
                                reads=tuple(p for p in (vae_path, data_root, cache_dir) if p))
     ucfg = cfg.unet
-    if not 0 <= ucfg.cond_drop_prob < 1:
-        raise UserError(f"--cond_drop_prob must be in [0, 1), got {ucfg.cond_drop_prob}")
     accelerator = make_accelerator(ucfg, output_dir)
     vae = load_vae(vae_path).to(accelerator.device).eval().requires_grad_(False)
     if vae.config.sample_size != cfg.data.resolution:

@@ -7,6 +7,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from ..errors import UserError
 from ..slices import NULL_LABEL
 
+CONDITIONINGS = ("class_embed", "cross_attention")  # how the UNet reads the label
 LABEL_IDS = NULL_LABEL + 1  # the classes, then the null label of classifier-free guidance
 
 
@@ -40,5 +41,5 @@ def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNe
         return UNet2DConditionModel(**common, down_block_types=down, up_block_types=up,
                                     attention_head_dim=heads, cross_attention_dim=widths[-1],
                                     encoder_hid_dim=LABEL_IDS, encoder_hid_dim_type="text_proj")
-    raise UserError(f"unet.conditioning must be class_embed or cross_attention, "
+    raise UserError(f"unet.conditioning must be one of {', '.join(CONDITIONINGS)}, "
                     f"got {cfg.conditioning!r}")

@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 LRELU_GAIN = math.sqrt(2)
+AUGMENTATIONS = ("color", "translation", "cutout")  # the DiffAugment policies diff_augment knows
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -284,5 +285,5 @@ def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None
             inside = (ys >= cy) & (ys < cy + size[0]) & (xs >= cx) & (xs < cx + size[1])
             x = torch.where(inside[:, None], torch.full_like(x, -1), x)
         elif name:
-            raise ValueError(f"unknown DiffAugment policy {name!r}; use color,translation,cutout")
+            raise ValueError(f"unknown DiffAugment policy {name!r}; use {','.join(AUGMENTATIONS)}")
     return x

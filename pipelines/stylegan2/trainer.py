@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, validate
 from ..data import CLASS_NAMES, load_train_val, training_images
 from ..errors import UserError
 from ..files import write_json
@@ -21,7 +21,7 @@ from ..hub import card_header, save_pipeline, usage_snippet
 from ..plots import save_grid, to_uint8
 from ..runs import claim_run_dir
 from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
-from .networks import StyleGAN2Discriminator, StyleGAN2Generator, diff_augment
+from .networks import StyleGAN2Discriminator, StyleGAN2Generator
 from .objective import StyleGAN2TrainingModel
 from .pipeline_stylegan2 import StyleGAN2Pipeline
 
@@ -30,10 +30,6 @@ def build_stylegan2(cfg: Config) -> tuple[StyleGAN2Generator, StyleGAN2Discrimin
     scfg, resolution = cfg.stylegan2, cfg.data.resolution
     if resolution < 8 or resolution & (resolution - 1):
         raise UserError(f"StyleGAN2 needs a power-of-two --resolution >= 8, got {resolution}")
-    try:
-        diff_augment(torch.zeros(1, 1, 8, 8), scfg.augment)
-    except ValueError as err:
-        raise UserError(f"--augment: {err}") from None
     generator = StyleGAN2Generator(
         resolution=resolution, num_classes=len(CLASS_NAMES), z_dim=scfg.z_dim, w_dim=scfg.w_dim,
         mapping_layers=scfg.mapping_layers, mapping_lr_mul=scfg.mapping_lr_mul,
@@ -77,13 +73,9 @@ Full training config:
 
 def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = None,
                     overwrite: bool = False) -> dict:
+    validate(cfg)
     output_dir = claim_run_dir(output_dir, "stylegan2", resume, overwrite, reads=(data_root,))
     scfg = cfg.stylegan2
-    for name in ("r1_interval", "pl_interval", "pl_batch_shrink"):
-        if getattr(scfg, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(scfg, name)}")
-    if not 0 <= scfg.style_mixing_prob <= 1:
-        raise UserError(f"--style_mixing_prob must be in [0, 1], got {scfg.style_mixing_prob}")
     accelerator = make_accelerator(scfg, output_dir, find_unused_parameters=True)
     train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process)
     accelerator.print(f"train: {train_set.summary()}")

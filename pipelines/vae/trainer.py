@@ -19,7 +19,7 @@ from torchmetrics.functional.image import (
 from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-from ..config import Config
+from ..config import Config, validate
 from ..data import CLASS_NAMES, load_train_val, spread_indices, training_images
 from ..errors import UserError
 from ..files import save_pretrained_atomic, write_json
@@ -84,6 +84,7 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
               pretrained: str | None = None, resume: str | None = None,
               overwrite: bool = False) -> dict:
     """Train the VAE with the shared loop; return the metrics written to metrics.json."""
+    validate(cfg)
     output_dir = claim_run_dir(output_dir, "vae", resume, overwrite,
                                reads=tuple(p for p in (data_root, pretrained) if p))
     vcfg = cfg.vae
