@@ -96,6 +96,20 @@ def to_uint8_grey(image: Image.Image) -> tuple[np.ndarray, str | None]:
     return np.asarray(image.convert("L")), f"mode {image.mode} converted to greyscale (L)"
 
 
+def decode_slice(image: Image.Image) -> tuple[np.ndarray, str | None]:
+    """A decoded slice -> (H, W) uint8 grey and what was done to it (None: a clean 8-bit slice
+    of the native size); the one conversion every reader of slices uses."""
+    arr, note = to_uint8_grey(image)
+    if arr.shape not in (NATIVE_SIZE[::-1], NATIVE_SIZE):
+        note = (note + "; " if note else "") + f"size {arr.shape[1]}x{arr.shape[0]} padded"
+    return arr, note
+
+
+# what decoding a damaged or non-image file raises (PIL, and datasets' Image feature)
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                 Image.DecompressionBombError)
+
+
 # ----------------------------------------------------------------------------- scanning
 
 
@@ -272,15 +286,11 @@ def load_split(
     corrupt, converted = [], []
     for i in tqdm(range(len(files)), desc=f"decode {split}", disable=not progress, leave=False):
         try:
-            image = table[i]["image"]
-            arr, note = to_uint8_grey(image)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-                Image.DecompressionBombError) as err:
+            arr, note = decode_slice(table[i]["image"])
+        except DECODE_ERRORS as err:
             corrupt.append({"file": files[i].relpath, "reason": str(err) or type(err).__name__})
             good[i] = False
             continue
-        if arr.shape not in (NATIVE_SIZE[::-1], NATIVE_SIZE):
-            note = (note + "; " if note else "") + f"size {arr.shape[1]}x{arr.shape[0]} padded"
         if note:
             converted.append({"file": files[i].relpath, "reason": note})
         pixels[i, 0] = to_model_input(arr, resolution)
@@ -376,15 +386,10 @@ def inspect_folder(root: str | Path) -> dict:
                 image.load()
                 sizes[f"{image.size[0]}x{image.size[1]}"] += 1
                 modes[image.mode] += 1
-                reasons = []
-                if image.mode != "L":
-                    reasons.append(to_uint8_grey(image)[1])
-                if image.size not in (NATIVE_SIZE, NATIVE_SIZE[::-1]):
-                    reasons.append(f"size {image.size[0]}x{image.size[1]} padded to a square")
-                if reasons:
-                    converted.append({"file": f.relpath, "reason": "; ".join(reasons)})
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-                Image.DecompressionBombError) as err:
+                note = decode_slice(image)[1]
+                if note:
+                    converted.append({"file": f.relpath, "reason": note})
+        except DECODE_ERRORS as err:
             corrupt.append({"file": f.relpath, "reason": str(err) or type(err).__name__})
             continue
         cell = per[f.split][CLASS_NAMES[f.label]]

@@ -133,11 +133,12 @@ def image_seed(seed: int, label: int, index: int) -> int:
 
 def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_size: int,
              settings: dict, native_size: bool = True, latents: bool = False,
-             progress: bool = True):
+             progress: bool = True, callback=None):
     """``num_images`` images of one label, batched, each from its own seeded generator.
 
     Returns (N, H, W) uint8 pixels (native 256x240, or the model's square), or with
-    ``latents=True`` the scaled latents of a diffusion model.
+    ``latents=True`` the scaled latents of a diffusion model. ``callback(done, total)`` is called
+    after each batch (the app's progress bar).
     """
     try:
         label_id = pipe.label_ids([label])[0]
@@ -158,6 +159,8 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
             raise UserError(str(err)) from None
         outs.append(out if latents else to_pixels(out * 2 - 1)[:, 0].numpy())
         bar.update(n)
+        if callback is not None:
+            callback(start + n, num_images)
     bar.close()
     return torch.cat(outs) if latents else np.concatenate(outs)
 

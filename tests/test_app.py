@@ -1,0 +1,152 @@
+"""The app's handlers without a browser: same images as sample.py, every bad input a message,
+uploads converted as the data layer converts them, and two clients at once each get their own."""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.app import (
+    MAX_IMAGES,
+    AppError,
+    AppSession,
+    generate_images,
+    model_text,
+    read_slice,
+    read_upload,
+    shown_in_page,
+)
+from pipelines.errors import UserError
+from pipelines.sampling import sample_to_folder
+
+
+@pytest.fixture(scope="module")
+def session(tiny_model, tiny_data):
+    return AppSession(tiny_model, tiny_data)
+
+
+def test_generate_gives_the_images_sample_py_writes(session, tiny_model, tmp_path):
+    items, text, archive = generate_images(session, "both", 2, 2.0, 3, "ddim", 11)
+    assert [caption for _, caption in items] == ["NC 0", "NC 1", "AD 0", "AD 1"]
+    assert "2 NC, 2 AD" in text and "seed 11" in text and "3 steps" in text
+    sample_to_folder(tiny_model, ["NC", "AD"], tmp_path / "cli", num_images=2, seed=11,
+                     batch_size=1, scheduler="ddim", num_inference_steps=3, guidance_scale=2.0)
+    with zipfile.ZipFile(archive) as zf:
+        for label in ("NC", "AD"):
+            for i in range(2):
+                name = f"{label}/{label}_{i:04d}.png"
+                assert zf.read(name) == (tmp_path / "cli" / name).read_bytes(), name
+        assert "sample.json" in zf.namelist()
+    for path, _ in items:
+        assert Image.open(path).size == (256, 240)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("AD", 0, 2.0, 3, "ddim", 1), ["Images per label", "from 1 to"]),
+    (("AD", MAX_IMAGES + 1, 2.0, 3, "ddim", 1), ["Images per label", str(MAX_IMAGES + 1)]),
+    (("AD", 2.5, 2.0, 3, "ddim", 1), ["Images per label", "whole number"]),
+    (("AD", None, 2.0, 3, "ddim", 1), ["Images per label is empty"]),
+    (("AD", 2, 2.0, 3, "ddim", -1), ["Seed", "-1"]),
+    (("AD", 2, 0.5, 3, "ddim", 1), ["Guidance scale", "1 or more"]),
+    (("AD", 2, float("nan"), 3, "ddim", 1), ["Guidance scale"]),
+    (("AD", 2, 2.0, 0, "ddim", 1), ["Steps", "from 1 to"]),
+    (("AD", 2, 2.0, 3, "nope", 1), ["unknown scheduler 'nope'"]),
+    (("MCI", 2, 2.0, 3, "ddim", 1), ["unknown label 'MCI'"]),
+])
+def test_bad_generate_input_is_a_message(session, args, words):
+    with pytest.raises((AppError, UserError)) as err:
+        generate_images(session, *args)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_page_messages_never_carry_a_traceback(session):
+    import gradio as gr
+
+    with pytest.raises(gr.Error) as err:
+        shown_in_page(generate_images)(session, "AD", 0, 2.0, 3, "ddim", 1)
+    assert "Images per label" in err.value.message
+
+    def broken():
+        raise KeyError("a bug")
+
+    with pytest.raises(gr.Error) as err:
+        shown_in_page(broken)()
+    assert "unexpected KeyError" in err.value.message and "full trace in" in err.value.message
+
+
+def _save(path, array, mode=None):
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+    return path
+
+
+def test_uploads_convert_like_the_data_layer_or_are_refused(tmp_path):
+    grey = np.random.default_rng(0).integers(0, 256, (240, 256), dtype=np.uint8)
+    pixels, note = read_upload(_save(tmp_path / "grey.png", grey))
+    assert note is None and np.array_equal(pixels, grey)
+    _, note = read_upload(_save(tmp_path / "rgb.png", np.stack([grey] * 3, -1)))
+    assert "converted to greyscale" in note
+    _, note = read_upload(_save(tmp_path / "deep.png", grey.astype(np.uint16) * 200))
+    assert "scaled by its range" in note
+    _, note = read_upload(_save(tmp_path / "small.png", grey[:100, :120]))
+    assert "size 120x100 padded" in note
+    refusals = {
+        "text.png": (lambda p: p.write_text("hello"), r"not a readable image \(unknown format\)"),
+        "huge.png": (lambda p: _save(p, np.zeros((3000, 3000), np.uint8)), "too large"),
+        "heavy.png": (lambda p: p.write_bytes(b"\0" * (6 * 2**20)), "larger than 5 MB"),
+    }
+    for name, (write, words) in refusals.items():
+        write(tmp_path / name)
+        with pytest.raises(AppError, match=words):
+            read_upload(tmp_path / name)
+
+
+def test_reading_a_test_slice(session):
+    picked = session.test_slices()[0]
+    image, notes, probs = read_slice(session, picked, None)
+    assert image.shape == (240, 256) and image.dtype == np.uint8
+    assert f"true label **{picked.split('/')[1]}**" in notes
+    assert set(probs) == {"NC", "AD"} and abs(sum(probs.values()) - 1) < 1e-5
+    with pytest.raises(AppError, match="pick a test slice or upload one"):
+        read_slice(session, None, None)
+
+
+def test_model_tab_shows_the_card_and_training(session):
+    text = model_text(session)
+    assert "# ADNI AD/NC class-conditioned latent diffusion" in text
+    assert "## Training" in text and "| steps |" in text
+    assert "Not evaluated yet" in text
+
+
+def test_two_clients_at_once_each_get_their_own_images(tiny_model, tiny_data):
+    from gradio_client import Client
+
+    from tools.browser import app_server
+
+    expected = {}
+    for seed in (1, 2):
+        items, _, _ = generate_images(AppSession(tiny_model, None), "AD", 2, 2.0, 3, "ddim", seed)
+        expected[seed] = [np.asarray(Image.open(p)) for p, _ in items]
+    got, errors = {}, []
+    with app_server(tiny_model, tiny_data) as (url, _):
+        def ask(seed):
+            try:
+                result = Client(url, verbose=False).predict("AD", 2, 2.0, 3, "ddim", seed,
+                                                             api_name="/generate")
+                got[seed] = [np.asarray(Image.open(item["image"])) for item in result[0]]
+            except Exception as err:  # reported below, not lost in the thread
+                errors.append(err)
+
+        threads = [threading.Thread(target=ask, args=(seed,)) for seed in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+    assert not errors, errors
+    for seed in (1, 2):
+        assert len(got[seed]) == 2
+        assert all(np.array_equal(a, b) for a, b in zip(got[seed], expected[seed], strict=True))
+    assert not np.array_equal(got[1][0], got[2][0])
