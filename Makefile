@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo lint venv clean-demo
+.PHONY: test demo lint venv browser app clean-demo
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	rm -rf $(VENV)
@@ -21,8 +21,21 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: $(VENV)/.installed
+# The browser the app's test drives: Debian's Chromium and its driver (root installs them once;
+# nothing downloads a browser at run time).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q chromium chromium-driver >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	else echo "install Debian's chromium and chromium-driver as root: sudo make browser" >&2; exit 2; fi
+
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q tests
+
+# The browser app on the `make demo` model: http://127.0.0.1:7860
+app: $(VENV)/.installed
+	$(PY) app.py --model $(DEMO_OUT)/model --data $(DEMO_DATA)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

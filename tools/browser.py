@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -162,11 +163,12 @@ def generate_in_page(page, *, label: str, num_images: int, seed: int,
     choose(page, "label", label)
     set_field(page, "num-images", num_images)
     set_field(page, "seed", seed)
-    before = by_css(page, "#settings").text
+    count = num_images * (2 if label == "both" else 1)
     by_css(page, "#generate-btn").click()
     t0 = time.time()
-    wait_for(page, lambda p: by_css(p, "#settings").text not in ("", before)
-             and len(gallery_sizes(p)) == num_images, timeout, "the gallery")
+    # the settings line names the request's seed: a gallery left from an earlier one is not it
+    wait_for(page, lambda p: re.search(rf"\bseed {seed}\b", by_css(p, "#settings").text)
+             and len(gallery_sizes(p)) == count, timeout, "the gallery")
     return gallery_sizes(page), time.time() - t0
 
 

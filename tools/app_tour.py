@@ -1,0 +1,103 @@
+"""Use the app as a person would, in Chromium: a screenshot of each tab, the time from the click
+on Generate to the full gallery, and the server's memory.
+
+    python -m tools.app_tour --model outputs/demo/model --data data/phantom --out docs/app
+
+Prints the figures and writes OUT/{generate,counterfactual,map,model}.png and OUT/tour.json. The
+click-to-gallery time is the median of --repeats requests of --num_images images (after one
+warm-up), each with its own seed; the memory is the server's peak resident set (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from pipelines.cli import DEFAULT_DATA, DEFAULT_MODEL
+from pipelines.errors import UserError, cli_entry
+from pipelines.files import write_json
+from tools.browser import (app_server, by_css, chromium, click_tab, generate_in_page, upload,
+                           wait_for)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a process: the most memory it has held."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def screenshot(page, path: Path) -> None:
+    """The whole page, however tall."""
+    height = page.execute_script("return document.documentElement.scrollHeight")
+    page.set_window_size(1400, max(900, min(height + 40, 3000)))
+    time.sleep(0.5)
+    page.save_screenshot(str(path))
+
+
+@cli_entry
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--out", default="docs/app")
+    parser.add_argument("--num_images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    model, data, out = Path(args.model), Path(args.data), Path(args.out)
+    if not (model / "model_index.json").is_file():
+        raise UserError(f"no model at {model}; run `make demo` first or pass --model")
+    test_files = sorted((data / "test" / "AD").glob("*.jpeg"))
+    if not test_files:
+        raise UserError(f"no test/AD/*.jpeg in {data}; pass the data folder with --data")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with app_server(model, data) as (url, server), chromium() as page:
+        started = time.time() - t0
+        page.get(url)
+        generate_in_page(page, label="AD", num_images=args.num_images, seed=100)  # warm-up
+        seconds = [generate_in_page(page, label="AD", num_images=args.num_images,
+                                    seed=seed)[1] for seed in range(args.repeats)]
+        generate_in_page(page, label="both", num_images=args.num_images, seed=0)
+        screenshot(page, out / "generate.png")
+
+        click_tab(page, "Counterfactual")
+        upload(page, "slice-upload", test_files[len(test_files) // 2])
+        wait_for(page, lambda p: "Judge" in by_css(p, "#slice-notes").text, 600, "the judge")
+        screenshot(page, out / "counterfactual.png")
+
+        click_tab(page, "Map")
+        t_map = time.time()
+        if not page.find_elements("css selector", "#map-image img"):
+            by_css(page, "#map-btn").click()
+        wait_for(page, lambda p: p.find_elements("css selector", "#map-image img"), 1200,
+                 "the map")
+        map_seconds = time.time() - t_map
+        screenshot(page, out / "map.png")
+
+        click_tab(page, "Model")
+        wait_for(page, lambda p: "Training" in by_css(p, "#model-card").text, 60, "the card")
+        screenshot(page, out / "model.png")
+        rss = peak_rss_mib(server.pid)
+    record = {
+        "date": time.strftime("%Y-%m-%d"), "host": f"{platform.node()} ({platform.machine()})",
+        "model": str(model), "num_images": args.num_images,
+        "click_to_gallery_seconds": [round(s, 2) for s in seconds],
+        "click_to_gallery_median_seconds": round(statistics.median(seconds), 2),
+        "server_start_seconds": round(started, 1), "map_seconds": round(map_seconds, 1),
+        "server_peak_rss_mib": round(rss),
+    }
+    write_json(out / "tour.json", record)
+    print(f"click to gallery ({args.num_images} images): median "
+          f"{record['click_to_gallery_median_seconds']} s of {record['click_to_gallery_seconds']}"
+          f"; server start {record['server_start_seconds']} s; map {record['map_seconds']} s; "
+          f"server peak memory {record['server_peak_rss_mib']} MiB; screenshots in {out}")
+
+
+if __name__ == "__main__":
+    main()
