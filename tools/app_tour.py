@@ -19,8 +19,15 @@ from pathlib import Path
 from pipelines.cli import DEFAULT_DATA, DEFAULT_MODEL
 from pipelines.errors import UserError, cli_entry
 from pipelines.files import write_json
-from tools.browser import (app_server, by_css, chromium, click_tab, generate_in_page, upload,
-                           wait_for)
+from tools.browser import (
+    app_server,
+    by_css,
+    chromium,
+    click_tab,
+    generate_in_page,
+    upload,
+    wait_for,
+)
 
 
 def peak_rss_mib(pid: int) -> float:
