@@ -34,6 +34,7 @@ from pipelines.files import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = ("diffusers", "datasets", "nibabel", "nilearn")  # what the stages import or read
+IMPORTED = ("diffusers", "datasets", "nibabel")  # nilearn only holds the templates phantom reads
 # Dense bf16 tensor-core peaks in TFLOP/s, per GPU, from NVIDIA's data sheets (which print twice
 # these "with sparsity"); the first name found in torch.cuda.get_device_name() wins.
 BF16_PEAK_TFLOPS = (("H200 NVL", 835.5), ("H200", 989.4), ("H100 NVL", 835.5),
@@ -63,6 +64,12 @@ def ensure_packages(wheels: Path, site: Path) -> dict:
     still = [name for name in missing if importlib.util.find_spec(name) is None]
     if still:
         raise UserError(f"{', '.join(still)} still missing after installing {wheels}/*.whl")
+    for name in IMPORTED:  # now, not minutes later in a stage: the image's own packages
+        try:                # (pyarrow, huggingface_hub, ...) may not suit the wheels' versions
+            importlib.import_module(name)
+        except Exception as err:
+            raise UserError(f"{name} from {wheels} does not import here ({type(err).__name__}: "
+                            f"{err}); carry wheels of the versions it needs too") from None
     return {"missing": missing, "installed": [w.name for w in found], "site": str(site)}
 
 

@@ -33,8 +33,9 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((out / "gpu_check.json").read_text())
 
-    assert record["device"]["type"] == "cpu" and record["device"]["count"] == 1
-    assert record["device"]["bf16_peak_tflops"] is None and record["device"]["matmul_tflops"] is None
+    device = record["device"]
+    assert device["type"] == "cpu" and device["count"] == 1
+    assert device["bf16_peak_tflops"] is None and device["matmul_tflops"] is None
     assert record["environment"]["missing"] == []  # the venv has every package: used as it is
     assert record["versions"]["torch"] and record["versions"]["diffusers"]
     assert record["stages"]["data"]["train"] == {"NC": 12, "AD": 12}
@@ -61,12 +62,12 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert "=== train UNet" in (out / "gpu_check.log").read_text()
 
 
-def _wheel(folder, name="gpucheck_probe"):
-    """A minimal pure-Python wheel holding ``name`` with VALUE = 7."""
+def _wheel(folder, name="gpucheck_probe", code="VALUE = 7\n"):
+    """A minimal pure-Python wheel: package ``name`` whose ``__init__`` is ``code``."""
     folder.mkdir()
     path = folder / f"{name}-1.0-py3-none-any.whl"
     info = f"{name}-1.0.dist-info"
-    files = {f"{name}/__init__.py": "VALUE = 7\n",
+    files = {f"{name}/__init__.py": code,
              f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
              f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
                               "Tag: py3-none-any\n"}
@@ -80,6 +81,7 @@ def _wheel(folder, name="gpucheck_probe"):
 def test_missing_packages_install_from_the_wheels(tmp_path, monkeypatch):
     wheels = _wheel(tmp_path / "whl").parent
     monkeypatch.setattr(gpu_check, "NEEDED", ("gpucheck_probe",))
+    monkeypatch.setattr(gpu_check, "IMPORTED", ("gpucheck_probe",))
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("PYTHONPATH", "elsewhere")
     monkeypatch.delitem(sys.modules, "gpucheck_probe", raising=False)
@@ -90,6 +92,16 @@ def test_missing_packages_install_from_the_wheels(tmp_path, monkeypatch):
     # the stages run as subprocesses: they find the site first, then the repository
     assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "site"), str(ROOT),
                                                           "elsewhere"]
+
+
+def test_a_wheel_that_does_not_import_here_stops_the_check_at_once(tmp_path, monkeypatch):
+    wheels = _wheel(tmp_path / "whl", "gpucheck_broken", "raise ImportError('pyarrow>=24')\n")
+    monkeypatch.setattr(gpu_check, "NEEDED", ("gpucheck_broken",))
+    monkeypatch.setattr(gpu_check, "IMPORTED", ("gpucheck_broken",))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    with pytest.raises(UserError, match="gpucheck_broken .* does not import here.*pyarrow>=24"):
+        gpu_check.ensure_packages(wheels.parent, tmp_path / "site")
 
 
 def test_missing_packages_without_wheels_say_how_to_get_them(tmp_path, monkeypatch):
