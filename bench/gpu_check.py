@@ -116,7 +116,6 @@ def train_flops(cfg, device) -> dict:
     """FLOPs per image of one training step (forward + backward, batch 1, the run's precision):
     the VAE with and without its discriminator, the UNet on latents of the VAE's size."""
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from bench.bench_train import step_flops
     from pipelines.ldm.objective import diffusion_loss, training_scheduler
@@ -130,10 +129,7 @@ def train_flops(cfg, device) -> dict:
 
     def counted(section, fn) -> int:
         bf16 = resolve_precision(section.mixed_precision) == "bf16"
-        # attention as plain matmuls: counted alike on every device (the CPU's fused kernel is
-        # not in the counter's table)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
-                sdpa_kernel(SDPBackend.MATH):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return step_flops(fn)
 
     vae = build_vae(vcfg, res).to(device)
