@@ -245,7 +245,7 @@ class StepMeter:
             peak = [round(v / 2**30, 3) for v in accelerator.gather(mine).tolist()]
         speed = self.images / self.seconds if self.steps and self.seconds > 0 else None
         return {"steady_img_per_s": speed, "steady_steps": self.steps,
-                "steady_seconds": round(self.seconds, 3), "peak_gpu_memory_gib": peak}
+                "steady_seconds": self.seconds, "peak_gpu_memory_gib": peak}
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir, state: TrainState, limit: int,
