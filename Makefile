@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo lint venv browser app clean-demo
+.PHONY: test demo lint venv browser app clean-demo gpu-wheels gpu-check
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	rm -rf $(VENV)
@@ -47,3 +47,21 @@ demo: $(VENV)/.installed
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_OUT)
+
+# Wheels of what a GPU image lacks (it reaches no registry): diffusers, datasets and the two of
+# its needs such images miss, nibabel and nilearn for the stand-in set; CPython 3.12, x86-64,
+# at requirements.txt's versions (the three needs at the versions the venv resolves). Into .whl/
+# (git-ignored), which travels with the tree to the GPU machine; bench/gpu_check.sh installs it.
+GPU_WHEEL_NEEDS := dill==0.4.1 multiprocess==0.70.19 nibabel==5.4.2
+GPU_WHEEL_PLATFORMS := manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1
+gpu-wheels:
+	rm -rf .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(foreach p,$(GPU_WHEEL_PLATFORMS),--platform $(p)_x86_64) -d .whl \
+		$$(grep -E '^(diffusers|datasets|nilearn)==' requirements.txt) $(GPU_WHEEL_NEEDS)
+	@ls -1 .whl && du -ch .whl/*.whl | tail -1
+
+# On a GPU machine: every stage of configs/adni256.yaml for a few minutes, timed and counted
+# (bench/gpu_check.py); GPU_CHECK_ARGS e.g. "--minutes 1 --out /tmp/gc".
+gpu-check:
+	bash bench/gpu_check.sh $(GPU_CHECK_ARGS)

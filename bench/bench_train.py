@@ -138,10 +138,15 @@ def bench_update(unet, steps_per_s: float) -> None:
 
 
 def step_flops(loss_fn) -> int:
-    """FLOPs of ``loss_fn().backward()`` (torch.utils.flop_counter)."""
+    """FLOPs of ``loss_fn().backward()`` (torch.utils.flop_counter).
+
+    Attention runs as plain matmuls here, so it is counted on every device: the counter's table
+    has CUDA's fused attention kernels but not the CPU's, which it would count as zero.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         loss_fn().backward()
     return counter.get_total_flops()
 

@@ -40,7 +40,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +188,64 @@ class TrainState:
     step: int = 0
     wall_seconds: float = 0.0
     images_seen: int = 0
+    # this run's speed and memory (StepMeter.metrics()): measured, not saved in checkpoints
+    throughput: dict = field(default_factory=dict)
+
+    def saved(self) -> dict:
+        """What a checkpoint keeps: where the run stands, not how fast this process ran."""
+        return {"step": self.step, "wall_seconds": self.wall_seconds,
+                "images_seen": self.images_seen}
+
+
+THROUGHPUT_WARMUP_STEPS = 3  # left out of the speed: allocator growth, cuDNN autotuning, lazy init
+
+
+class StepMeter:
+    """Steady-state speed of the training steps and the loop's peak GPU memory.
+
+    The trainers' ``img_per_s`` divides everything by the wall time (start-up, validation,
+    checkpoints); a speed that says what the hardware does counts only the training steps after
+    the first ``warmup`` of this run. CUDA runs asynchronously, so the clock is synchronised
+    only where the loop leaves for other work (end of warm-up, validation, a save): in between,
+    consecutive steps are timed end to end without slowing them.
+    """
+
+    def __init__(self, device: torch.device, warmup: int = THROUGHPUT_WARMUP_STEPS):
+        self.cuda = device.type == "cuda"
+        self.device, self.warmup = device, warmup
+        self.done = self.steps = self.images = 0
+        self.seconds = 0.0
+        self._since: float | None = None
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def step_start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def step_done(self, images: int, leaving: bool) -> None:
+        """One optimizer step of ``images`` finished; ``leaving``: other work comes next."""
+        self.done += 1
+        leaving = leaving or self.done == self.warmup
+        if leaving and self.cuda:
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if self.done > self.warmup:
+            self.steps, self.images = self.steps + 1, self.images + images
+            self.seconds += now - self._since
+        self._since = None if leaving else now
+
+    def metrics(self, accelerator: Accelerator) -> dict:
+        """``steady_img_per_s`` (all processes' images), the steps and seconds it is over, and
+        ``peak_gpu_memory_gib`` per process (None off CUDA). Every process must call it."""
+        peak = None
+        if self.cuda:
+            mine = torch.tensor([float(torch.cuda.max_memory_allocated(self.device))],
+                                device=self.device, dtype=torch.float64)
+            peak = [round(v / 2**30, 3) for v in accelerator.gather(mine).tolist()]
+        speed = self.images / self.seconds if self.steps and self.seconds > 0 else None
+        return {"steady_img_per_s": speed, "steady_steps": self.steps,
+                "steady_seconds": self.seconds, "peak_gpu_memory_gib": peak}
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir, state: TrainState, limit: int,
@@ -205,7 +263,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir, state: TrainState, lim
         if save_extra is not None:
             with rng_untouched():  # the run goes on from the snapshot, as a resumed one does
                 save_extra(tmp)
-        (tmp / "trainer_state.json").write_text(json.dumps(state.__dict__))
+        (tmp / "trainer_state.json").write_text(json.dumps(state.saved()))
         replace_dir(tmp, final)
         for old in checkpoints(output_dir)[:-limit] if limit > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -295,6 +353,8 @@ def run_training(
     RNGs, which the checkpoints carry.
     ``ema``: stepped after each optimizer step, saved and restored with the checkpoints.
     ``on_validation(step)`` runs on the main process, with the global RNGs restored after it.
+    The returned state's ``throughput`` holds this run's steady speed and peak GPU memory
+    (:class:`StepMeter`).
     """
     if ema is not None:
         save_extra, load_extra = _chain(save_extra, ema.save), _chain(load_extra, ema.load)
@@ -313,7 +373,9 @@ def run_training(
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     logs: dict = {}
     limit_s = cfg.max_train_minutes * 60
+    meter = StepMeter(accelerator.device)
     while state.step < cfg.max_train_steps:
+        meter.step_start()
         model.train()
         for micro in range(accum):
             micro_step = state.step * accum + micro
@@ -348,12 +410,15 @@ def run_training(
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
         out_of_time = limit_s > 0 and state.wall_seconds - start_wall >= limit_s
         done = state.step >= cfg.max_train_steps or out_of_time
-        if on_validation is not None and (state.step % cfg.validation_steps == 0 or done):
+        validate = on_validation is not None and (state.step % cfg.validation_steps == 0 or done)
+        save = state.step % cfg.checkpointing_steps == 0 or done
+        meter.step_done(images_per_step, leaving=validate or save)
+        if validate:
             if accelerator.is_main_process:
                 with rng_untouched():
                     on_validation(state.step)
             accelerator.wait_for_everyone()
-        if state.step % cfg.checkpointing_steps == 0 or done:
+        if save:
             save_checkpoint(accelerator, output_dir, state, cfg.checkpoints_total_limit,
                             save_extra)
             kill_if_asked(state.step)
@@ -361,6 +426,7 @@ def run_training(
             accelerator.print(f"stopping at step {state.step}: max_train_minutes reached")
             break
     bar.close()
+    state.throughput = meter.metrics(accelerator)
     return state
 
 

@@ -1,4 +1,6 @@
+import json
 import random
+import time
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from accelerate import Accelerator
 
 from pipelines.config import TrainConfig
 from pipelines.training import (
+    THROUGHPUT_WARMUP_STEPS,
     BatchSchedule,
     TrainingDiverged,
     batch_generator,
@@ -135,3 +138,18 @@ def test_validation_does_not_change_what_is_trained(tmp_path):
     _run(tmp_path / "validating", _noisy_loss(), validation_steps=1, on_validation=_rng_eater)
     quiet, validating = _weights(tmp_path / "quiet", 6), _weights(tmp_path / "validating", 6)
     assert all(torch.equal(quiet[k], validating[k]) for k in quiet)
+
+
+def test_steady_speed_leaves_out_warm_up_validation_and_saves(tmp_path):
+    def slow_validation(step):
+        time.sleep(0.3)
+
+    state = _run(tmp_path, _noisy_loss(), validation_steps=2, on_validation=slow_validation)
+    speed = state.throughput
+    assert speed["steady_steps"] == 6 - THROUGHPUT_WARMUP_STEPS
+    assert speed["steady_seconds"] < 0.3  # three validations slept 0.9 s: none of it counted
+    assert speed["steady_img_per_s"] == pytest.approx(3 * 2 / speed["steady_seconds"], rel=0.01)
+    assert speed["peak_gpu_memory_gib"] is None  # CPU
+    saved = json.loads((tmp_path / "checkpoints" / "checkpoint-6" / "trainer_state.json")
+                       .read_text())
+    assert saved == {"step": 6, "wall_seconds": saved["wall_seconds"], "images_seen": 12}

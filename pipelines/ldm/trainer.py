@@ -133,7 +133,7 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
         metrics = {
             "steps": state.step, "wall_seconds": round(state.wall_seconds, 1),
             "images_seen": state.images_seen,
-            "img_per_s": state.images_seen / max(state.wall_seconds, 1e-9),
+            "img_per_s": state.images_seen / max(state.wall_seconds, 1e-9), **state.throughput,
             "this_run_seconds": round(elapsed, 1), "parameters": count_parameters(unet),
             "latent_shape": list(cache.mean.shape[1:]), "train_images": len(train_set),
             "train_patients": len(set(train_set.patients)), "vae": str(vae_path),

@@ -117,7 +117,7 @@ def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = Non
         metrics = {
             "steps": state.step, "wall_seconds": round(state.wall_seconds, 1),
             "images_seen": state.images_seen,
-            "img_per_s": state.images_seen / max(state.wall_seconds, 1e-9),
+            "img_per_s": state.images_seen / max(state.wall_seconds, 1e-9), **state.throughput,
             "this_run_seconds": round(time.time() - t0, 1),
             "parameters": count_parameters(generator),
             "discriminator_parameters": count_parameters(discriminator),
