@@ -54,7 +54,7 @@ def main(argv=None):
                                  inception_weights=args.inception_weights, sampling=settings,
                                  skip_corrupt=cfg.data.skip_corrupt if args.skip_corrupt is None
                                  else args.skip_corrupt,
-                                 reconstruct_fn=reconstruct_fn)
+                                 reconstruct_fn=reconstruct_fn, about={"model": str(args.model)})
     metrics_md = open(f"{out}/metrics.md").read()
     print(metrics_md)
     print(f"wrote {out}/metrics.json ({metrics['seconds']['total']} s)")

@@ -333,13 +333,19 @@ def compute_map(session: AppSession, progress=None):
     return map_view(session, out)
 
 
-def model_text(session: AppSession) -> str:
-    """The model card, the training metrics and the evaluation table, as one page."""
-    parts = []
+CONFIG_HEADING = "Full training config:"  # where a card's long config block starts
+
+
+def model_text(session: AppSession) -> tuple[str, str]:
+    """(the model card with the training metrics and the evaluation table, the card's full
+    training config): the config is long, so the page folds it away."""
+    parts, config = [], ""
     card = session.model_dir / "README.md"
     if card.is_file():
         text = card.read_text(encoding="utf-8")
-        parts.append(re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S))  # Hub metadata header
+        text = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)  # the Hub's metadata header
+        text, _, config = text.partition(CONFIG_HEADING)
+        parts.append(text.strip())
     else:
         parts.append(f"# {session.model_dir}\n\n(no model card)")
     metrics = session.model_dir / "metrics.json"
@@ -354,7 +360,7 @@ def model_text(session: AppSession) -> str:
     else:
         parts.append(f"## Evaluation\n\nNot evaluated yet: `python evaluate.py --model "
                      f"{session.model_dir} --data DATA`.")
-    return "\n\n".join(parts)
+    return "\n\n".join(parts), config.strip() or "(not in the model card)"
 
 
 # ----------------------------------------------------------------------------- the page
@@ -433,8 +439,10 @@ def build_app(session: AppSession):
                           api_name="compute_map")
         with gr.Tab("Model", id="model"):
             card = gr.Markdown(elem_id="model-card")
-        app.load(shown_in_page(lambda: (*cached_map(session), model_text(session))), None,
-                 [map_image, map_text, card])
+            with gr.Accordion("Full training config", open=False):
+                config = gr.Markdown(elem_id="model-config")
+        app.load(shown_in_page(lambda: (*cached_map(session), *model_text(session))), None,
+                 [map_image, map_text, card, config])
     return app.queue(default_concurrency_limit=1)
 
 

@@ -116,12 +116,13 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
                        num_images: int, judge_dir, seed: int = 0,
                        inception_weights: str | None = None, progress: bool = True,
                        sampling: dict | None = None, skip_corrupt: bool = False,
-                       reconstruct_fn=None) -> dict:
+                       reconstruct_fn=None, about: dict | None = None) -> dict:
     """Evaluate ``sample_fn(label, n) -> (n, 1, R, R) uint8`` against the real AD_NC splits.
 
     ``sampling``: the settings the images were made with, recorded in metrics.json.
     ``reconstruct_fn(pixels) -> pixels``: the model's VAE round trip at its resolution, if it has
     one; its sharpness is the reference the generated slices' is compared with.
+    ``about``: what was evaluated (e.g. the model folder), first in metrics.json.
     """
     check_inception_weights(inception_weights)
     out_dir = check_writable_dir(out_dir, "--out")
@@ -150,7 +151,7 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
             (lambda labels: (labels == label).numpy())
         return pick(gen_labels), pick(test.labels), pick(train_ref.labels)
 
-    metrics = _set_metrics(judge, gen, gen_labels, test, pre, masks(), seed)
+    metrics = {**(about or {}), **_set_metrics(judge, gen, gen_labels, test, pre, masks(), seed)}
     metrics["per_label"] = {name: _set_metrics(judge, gen, gen_labels, test, pre, masks(label),
                                                seed)
                             for label, name in enumerate(CLASS_NAMES)}

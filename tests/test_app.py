@@ -115,10 +115,11 @@ def test_reading_a_test_slice(session):
 
 
 def test_model_tab_shows_the_card_and_training(session):
-    text = model_text(session)
+    text, config = model_text(session)
     assert "# ADNI AD/NC class-conditioned latent diffusion" in text
     assert "## Training" in text and "| steps |" in text
     assert "Not evaluated yet" in text
+    assert '"unet": {' in config and '"unet": {' not in text  # folded away, not lost
 
 
 def test_two_clients_at_once_each_get_their_own_images(tiny_model, tiny_data):
@@ -150,3 +151,19 @@ def test_two_clients_at_once_each_get_their_own_images(tiny_model, tiny_data):
         assert len(got[seed]) == 2
         assert all(np.array_equal(a, b) for a, b in zip(got[seed], expected[seed], strict=True))
     assert not np.array_equal(got[1][0], got[2][0])
+
+
+def test_the_demo_layout_is_found_only_for_its_own_model(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    model = shutil.copytree(tiny_model, tmp_path / "run" / "model",
+                            ignore=shutil.ignore_patterns("checkpoints", "latent_cache", "logs"))
+    evaluation = tmp_path / "run" / "eval"
+    evaluation.mkdir()
+    (evaluation / "metrics.md").write_text("| FD | 1.0 |")
+    (evaluation / "metrics.json").write_text(json.dumps({"model": str(tmp_path / "other")}))
+    session = AppSession(model)
+    assert "Not evaluated yet" in model_text(session)[0]  # a sibling of another model
+    (evaluation / "metrics.json").write_text(json.dumps({"model": str(model)}))
+    assert f"## Evaluation (`{evaluation}`)" in model_text(session)[0]
