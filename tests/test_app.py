@@ -167,3 +167,10 @@ def test_the_demo_layout_is_found_only_for_its_own_model(tiny_model, tmp_path):
     assert "Not evaluated yet" in model_text(session)[0]  # a sibling of another model
     (evaluation / "metrics.json").write_text(json.dumps({"model": str(model)}))
     assert f"## Evaluation (`{evaluation}`)" in model_text(session)[0]
+
+
+def test_a_stylegan2_folder_generates_without_sampler_fields(tiny_gan):
+    session = AppSession(tiny_gan)
+    assert session.saved == {}  # the page hides guidance, steps and sampler
+    items, text, _ = generate_images(session, "NC", 2, None, None, None, 3)
+    assert len(items) == 2 and "sampler" not in text
