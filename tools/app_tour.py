@@ -11,6 +11,7 @@ warm-up), each with its own seed; the memory is the server's peak resident set (
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -38,6 +39,15 @@ def peak_rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
+def host() -> str:
+    """The CPU, its core count and whether it has native bf16: what the figures depend on."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    bf16 = "native bf16 (avx512_bf16)" if "avx512_bf16" in info else "no native bf16"
+    return f"{model}, {os.cpu_count()} cores, {bf16}"
+
+
 def screenshot(page, path: Path) -> None:
     """The whole page, however tall."""
     height = page.execute_script("return document.documentElement.scrollHeight")
@@ -63,6 +73,7 @@ def main(argv=None):
     if not test_files:
         raise UserError(f"no test/AD/*.jpeg in {data}; pass the data folder with --data")
     out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]  # other work on the machine slows every figure here
     t0 = time.time()
     with app_server(model, data) as (url, server), chromium() as page:
         started = time.time() - t0
@@ -92,7 +103,8 @@ def main(argv=None):
         screenshot(page, out / "model.png")
         rss = peak_rss_mib(server.pid)
     record = {
-        "date": time.strftime("%Y-%m-%d"), "host": f"{platform.node()} ({platform.machine()})",
+        "date": time.strftime("%Y-%m-%d"), "host": host(),
+        "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "model": str(model), "num_images": args.num_images,
         "click_to_gallery_seconds": [round(s, 2) for s in seconds],
         "click_to_gallery_median_seconds": round(statistics.median(seconds), 2),
