@@ -173,7 +173,10 @@ def generate_in_page(page, *, label: str, num_images: int, seed: int,
 
 
 def upload(page, elem_id: str, path: Path) -> None:
-    by_css(page, f"#{elem_id} input[type=file]").send_keys(str(path))
+    """Choose ``path`` in a file field, as the file dialog would (the driver needs it absolute)."""
+    field = wait_for(page, lambda p: by_css(p, f"#{elem_id} input[type=file]"),
+                     what=f"the file field #{elem_id}")
+    field.send_keys(str(Path(path).resolve()))
 
 
 def toast_text(page, timeout: float = 60) -> str:
