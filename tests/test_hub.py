@@ -10,7 +10,12 @@ import torch
 
 from pipelines import files
 from pipelines.hub import save_pipeline
-from pipelines.ldm.pipeline_adni import ADNIDiffusionPipeline, guide, label_inputs, make_scheduler
+from pipelines.ldm.pipeline_adni import (
+    ADNIDiffusionPipeline,
+    condition_inputs,
+    guide,
+    make_scheduler,
+)
 from pipelines.sampling import load_pipeline
 from pipelines.slices import CLASS_NAMES, parse_label
 from pipelines.stylegan2.pipeline_stylegan2 import StyleGAN2Pipeline
@@ -161,10 +166,10 @@ def _denoise(pipe, labels, guidance, steps, seed):
     ids = torch.tensor(labels)
     for t in scheduler.timesteps:
         x = scheduler.scale_model_input(latents, t)
-        cond = unet(x, t, **label_inputs(unet, ids)).sample
+        cond = unet(x, t, **condition_inputs(unet, ids)).sample
         if guidance != 1:
             null = torch.full_like(ids, len(CLASS_NAMES))
-            uncond = unet(x, t, **label_inputs(unet, null)).sample
+            uncond = unet(x, t, **condition_inputs(unet, null)).sample
             cond = uncond + guidance * (cond - uncond)
         latents = scheduler.step(cond, t, latents).prev_sample
     return latents
