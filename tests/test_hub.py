@@ -62,6 +62,24 @@ def test_folder_samples_in_plain_diffusers_without_this_repository(kind, request
     assert "unknown label 'MCI'" in got["bad"]
 
 
+def test_level_folder_samples_at_its_levels_in_plain_diffusers(tiny_level_model, tmp_path):
+    copy = shutil.copytree(tiny_level_model, tmp_path / "model")
+    code = f"""
+import json, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(copy)!r}, trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+def run(levels):
+    return pipe(["AD", "AD"], slice_positions=levels, num_inference_steps=2, output_type="np",
+                generator=[torch.Generator().manual_seed(0) for _ in range(2)]).images
+a, b = run([0.0, 1.0]), run([0.0, 1.0])
+print(json.dumps({{"level": pipe.config.level_conditioned, "same": bool((a == b).all()),
+                  "levels_differ": bool((a[0] != a[1]).any())}}))
+"""
+    got = json.loads(run_without_repo(code, cwd=tmp_path).stdout.strip().splitlines()[-1])
+    assert got == {"level": True, "same": True, "levels_differ": True}
+
+
 @pytest.mark.parametrize("kind", ["ldm", "stylegan2"])
 def test_model_card_has_hub_metadata_and_its_snippet_runs(kind, request, tmp_path):
     folder = request.getfixturevalue("tiny_model" if kind == "ldm" else "tiny_gan")
