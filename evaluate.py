@@ -20,10 +20,10 @@ from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
 from pipelines.sampling import (
     generate,
-    is_level_conditioned,
     load_pipeline,
     sampling_settings,
     saved_config,
+    takes_levels,
 )
 from pipelines.slices import to_pixels, to_unit_range
 from pipelines.vae.trainer import reconstruct
@@ -63,7 +63,7 @@ def main(argv=None):
                                  skip_corrupt=cfg.data.skip_corrupt if args.skip_corrupt is None
                                  else args.skip_corrupt,
                                  reconstruct_fn=reconstruct_fn,
-                                 level_conditioned=is_level_conditioned(pipe))
+                                 level_conditioned=takes_levels(pipe))
     metrics_md = open(f"{out}/metrics.md").read()
     print(metrics_md)
     print(f"wrote {out}/metrics.json ({metrics['seconds']['total']} s)")

@@ -131,13 +131,13 @@ def image_seed(seed: int, label: int, index: int) -> int:
     return (seed * 1_000_003 + label * 100_003 + index) % (2**63)
 
 
-def is_level_conditioned(pipe: SlicePipeline) -> bool:
+def takes_levels(pipe: SlicePipeline) -> bool:
     """Whether a loaded model takes slice levels (a StyleGAN2 or label-only model does not)."""
     return bool(getattr(pipe, "level_conditioned", False))
 
 
 def check_level_model(pipe: SlicePipeline, model_dir) -> None:
-    if not is_level_conditioned(pipe):
+    if not takes_levels(pipe):
         raise UserError(f"{model_dir} is a label-only model (trained without slice levels), so "
                         "it cannot take --slice_position; leave the flag out, or train a "
                         "level-conditioned model with --unet.level_conditioning true")
