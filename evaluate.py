@@ -7,7 +7,9 @@ Trains (once, then cached in MODEL/judge) a small AD/NC classifier on the real t
 generates --num_images slices per label and writes OUT/metrics.json, OUT/metrics.md, sample grids,
 OUT/closest_pairs.png (the generated slices nearest to a training slice, beside it) and
 OUT/spectrum.png (the sharpness measure: power spectra of generated, real and VAE-reconstructed
-slices at the native size).
+slices at the native size). A second network of the judge's kind, cached in MODEL/judge_level,
+predicts each slice's level: its error on real test slices and, for a level-conditioned model, on
+slices generated at levels evenly spaced from 0 to 1, and recall per level third.
 """
 
 import torch
@@ -16,7 +18,13 @@ from pipelines.cli import model_script_parser, sampling_overrides
 from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
-from pipelines.sampling import generate, load_pipeline, sampling_settings, saved_config
+from pipelines.sampling import (
+    generate,
+    load_pipeline,
+    sampling_settings,
+    saved_config,
+    takes_levels,
+)
 from pipelines.slices import to_pixels, to_unit_range
 from pipelines.vae.trainer import reconstruct
 
@@ -37,9 +45,9 @@ def main(argv=None):
     pipe = load_pipeline(args.model, args.device)
     settings = sampling_settings(pipe, **sampling_overrides(args))
 
-    def sample_fn(label, n):
+    def sample_fn(label, n, positions=None):
         images = generate(pipe, label, n, seed=args.seed, batch_size=cfg.sample.batch_size,
-                          settings=settings, native_size=False)
+                          settings=settings, native_size=False, positions=positions)
         return torch.from_numpy(images)[:, None]
 
     reconstruct_fn = None
@@ -54,7 +62,9 @@ def main(argv=None):
                                  inception_weights=args.inception_weights, sampling=settings,
                                  skip_corrupt=cfg.data.skip_corrupt if args.skip_corrupt is None
                                  else args.skip_corrupt,
-                                 reconstruct_fn=reconstruct_fn, about={"model": str(args.model)})
+                                 reconstruct_fn=reconstruct_fn,
+                                 level_conditioned=takes_levels(pipe),
+                                 about={"model": str(args.model)})
     metrics_md = open(f"{out}/metrics.md").read()
     print(metrics_md)
     print(f"wrote {out}/metrics.json ({metrics['seconds']['total']} s)")

@@ -2,14 +2,17 @@
 
     python sample.py --label AD                       # the `make demo` model, 16 images
     python sample.py --model runs/ldm --label all --num_images 64 --scheduler ddim --seed 3
+    python sample.py --model runs/ldm_level --label AD --slice_position 0.3
+    python sample.py --model runs/ldm_level --label all --slice_position all 7  # a column per level
 
 Writes one 8-bit greyscale PNG per image at the native 256x240 slice size, a grid per label and
 sample.json (model, labels, seed, steps, guidance, scheduler). The same seed gives the same images.
 The sampler, steps and guidance are the ones saved with the model unless a flag says otherwise
-(a StyleGAN2 model has none of the three).
+(a StyleGAN2 model has none of the three). --slice_position (a level-conditioned model only):
+the level in the patient's stack, 0 = lowest slice, 1 = highest; 'all K' gives K levels evenly.
 """
 
-from pipelines.cli import model_script_parser, sampling_overrides
+from pipelines.cli import model_script_parser, parse_slice_positions, sampling_overrides
 from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.sampling import sample_to_folder, saved_config
@@ -23,7 +26,11 @@ def main(argv=None):
     parser.add_argument("--num_images", type=int, default=None, help="images per label")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--slice_position", nargs="+", default=None, metavar="P | all K",
+                        help="level-conditioned models: level in [0, 1] (0 = a patient's lowest "
+                             "slice, 1 = its highest), or 'all K' for K evenly spaced levels")
     args = parser.parse_args(argv)
+    positions = parse_slice_positions(args.slice_position)
     defaults = saved_config(args.model).sample
     num_images = defaults.num_images if args.num_images is None else args.num_images
     batch_size = defaults.batch_size if args.batch_size is None else args.batch_size
@@ -38,7 +45,7 @@ def main(argv=None):
     out = args.out or f"{args.model}/samples_cli"
     record = sample_to_folder(args.model, labels, out, num_images=num_images,
                               seed=defaults.seed if args.seed is None else args.seed,
-                              batch_size=batch_size, device=args.device,
+                              batch_size=batch_size, device=args.device, positions=positions,
                               **sampling_overrides(args))
     for label, info in record["labels"].items():
         print(f"{label}: {info['num_images']} images in {out}/{info['folder']} "

@@ -18,7 +18,7 @@ import torch
 
 from bench.bench_train import step_flops
 from pipelines.config import load_config
-from pipelines.ldm.pipeline_adni import label_inputs
+from pipelines.ldm.pipeline_adni import condition_inputs
 from pipelines.ldm.unet import build_unet
 
 
@@ -36,7 +36,7 @@ def main():
     for conditioning in ("class_embed", "cross_attention"):
         cfg.unet.conditioning = conditioning
         unet = build_unet(cfg.unet, ch, size)
-        models[conditioning] = (unet, lambda m: m(x, t, **label_inputs(m, labels)).sample)
+        models[conditioning] = (unet, lambda m: m(x, t, **condition_inputs(m, labels)).sample)
     for name, (model, forward) in models.items():
         flops = step_flops(lambda: forward(model).pow(2).mean())  # noqa: B023 (called here)
         times = []

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+import numpy as np
+
 from .config import Config, load_config
+from .errors import UserError
 from .ldm.pipeline_adni import SCHEDULERS
 
 DEFAULT_DATA = Path("data/phantom")  # what `make demo` writes
@@ -81,3 +85,29 @@ def model_script_parser(doc: str, out_default: str, *, data: bool) -> argparse.A
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
     add_sampling_args(parser)
     return parser
+
+
+MAX_LEVELS = 100
+
+
+def parse_slice_positions(tokens: list[str] | None) -> list[float] | None:
+    """``--slice_position P`` (one level in [0, 1]) or ``--slice_position all K`` (K levels
+    evenly from the lowest, 0, to the highest, 1) -> the levels; None when the flag is absent."""
+    if tokens is None:
+        return None
+    usage = ("--slice_position takes one number in [0, 1] (0 = a patient's lowest slice, 1 = "
+             f"its highest) or 'all K' (K evenly spaced levels, K from 2 to {MAX_LEVELS}), got "
+             f"{' '.join(tokens)!r}")
+    if tokens and tokens[0].lower() == "all":
+        if len(tokens) != 2 or not tokens[1].isdigit() or not 2 <= int(tokens[1]) <= MAX_LEVELS:
+            raise UserError(usage)
+        return np.linspace(0, 1, int(tokens[1])).round(6).tolist()
+    if len(tokens) != 1:
+        raise UserError(usage)
+    try:
+        value = float(tokens[0])
+    except ValueError:
+        raise UserError(usage) from None
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise UserError(usage)
+    return [value]

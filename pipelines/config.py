@@ -82,7 +82,10 @@ class UNetConfig(TrainConfig):
     attention_head_dim: int = 32
     conditioning: str = "class_embed"  # class_embed (added to the time embedding) | cross_attention
     #   (a one-hot label token read by cross-attention); docs/RESULTS.md compares the two
-    cond_drop_prob: float = 0.15  # label dropped to the null label this often (CFG)
+    level_conditioning: bool = False  # also condition on the slice's level in its patient's
+    #   stack (0 = lowest slice number, 1 = highest); needs conditioning class_embed
+    cond_drop_prob: float = 0.15  # label dropped to the null label this often (CFG; the level
+    #   is always given)
     prediction_type: str = "v_prediction"  # epsilon | v_prediction
     snr_gamma: float = 5.0  # min-SNR-gamma weighting; 0 disables it
     num_train_timesteps: int = 1000
@@ -290,6 +293,10 @@ def check_config(cfg: Config) -> None:
         raise UserError(f"config key unet.attention_levels needs one entry per "
                         f"unet.block_out_channels entry ({len(cfg.unet.block_out_channels)}), "
                         f"got {cfg.unet.attention_levels}")
+    if cfg.unet.level_conditioning and cfg.unet.conditioning != "class_embed":
+        raise UserError(f"config key unet.level_conditioning true needs unet.conditioning "
+                        f"class_embed (the level joins the label's embedding), got "
+                        f"{cfg.unet.conditioning!r}")
     factor = 2 ** (len(cfg.vae.block_out_channels) - 1)
     if cfg.data.resolution % factor:
         raise UserError(f"config key data.resolution {cfg.data.resolution} must be a multiple of "

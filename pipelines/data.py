@@ -52,6 +52,54 @@ def has_patient_pattern(filename: str) -> bool:
     return "_" in stem and stem.rsplit("_", 1)[1].isdigit() and bool(stem.rsplit("_", 1)[0])
 
 
+def slice_number(filename: str) -> int | None:
+    """The slice number of ``<patient>_<slice>.jpeg``, or None when the name has none."""
+    return int(Path(filename).stem.rsplit("_", 1)[1]) if has_patient_pattern(filename) else None
+
+
+def slice_positions(files, patients) -> np.ndarray:
+    """Each slice's level in its patient's stack, in [0, 1]: 0 = the patient's lowest slice
+    number, 1 = its highest, from the numbers themselves (not their order in the listing).
+
+    A gap in a patient's numbers stays a gap (slices 1, 2, 3, 10 -> 0, 1/9, 2/9, 1: the missing
+    slices are missing levels, not a closer spacing). A patient with one slice, or with one
+    distinct number, and a file without a slice number (its own patient) get the middle, 0.5.
+    """
+    numbers = [slice_number(f) for f in files]
+    span: dict[str, tuple[int, int]] = {}
+    for patient, number in zip(patients, numbers, strict=True):
+        if number is not None:
+            low, high = span.get(patient, (number, number))
+            span[patient] = (min(low, number), max(high, number))
+    out = np.full(len(numbers), 0.5)
+    for i, (patient, number) in enumerate(zip(patients, numbers, strict=True)):
+        low, high = span.get(patient, (0, 0))
+        if number is not None and high > low:
+            out[i] = (number - low) / (high - low)
+    return out
+
+
+def stack_summary(files, patients) -> dict:
+    """How the slices stack up per patient: lengths, gaps, single slices, levels (``inspect``)."""
+    numbers: dict[str, list] = {}
+    for f, patient in zip(files, patients, strict=True):
+        numbers.setdefault(patient, []).append(slice_number(f))
+    lengths = Counter(len(v) for v in numbers.values())
+    numbered = {p: sorted(n for n in v if n is not None) for p, v in numbers.items()}
+    gaps = sorted(p for p, v in numbered.items() if v and v[-1] - v[0] + 1 > len(set(v)))
+    positions = slice_positions(files, patients)
+    bins = np.linspace(0, 1, 6)
+    counts = np.histogram(positions, bins=bins)[0].tolist()
+    return {
+        "patients": len(numbers),
+        "slices_per_patient": {str(k): lengths[k] for k in sorted(lengths)},
+        "patients_with_gaps": len(gaps), "gap_examples": gaps[:5],
+        "single_slice_patients": sum(1 for v in numbers.values() if len(v) == 1),
+        "files_without_slice_number": sum(1 for v in numbers.values() for n in v if n is None),
+        "position_histogram": {f"{bins[i]:.1f}-{bins[i + 1]:.1f}": counts[i] for i in range(5)},
+    }
+
+
 def data_warnings(files) -> list[str]:
     """What makes patient-level splits unsound, spelt out: names without ``<patient>_<slice>``
     (each such file counts as its own patient) and patient IDs filed under both labels."""
@@ -206,6 +254,14 @@ class SliceSet:
     corrupt: list[dict] = field(default_factory=list)
     converted: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    # (N,) float32 levels in [0, 1] (slice_positions); None: computed from ``files`` here, which
+    # is right only for a whole split (a subset keeps the levels of the split it came from)
+    positions: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.positions is None:
+            self.positions = torch.from_numpy(
+                slice_positions(self.files, self.patients).astype(np.float32))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -214,7 +270,8 @@ class SliceSet:
         index = torch.as_tensor(index, dtype=torch.long)
         idx = index.tolist()
         return SliceSet(self.pixels[index], self.labels[index], [self.patients[i] for i in idx],
-                        [self.files[i] for i in idx], self.resolution)
+                        [self.files[i] for i in idx], self.resolution,
+                        positions=self.positions[index])
 
     def as_float(self) -> torch.Tensor:
         """Pixels in [-1, 1], the range the VAE works in."""
@@ -275,10 +332,12 @@ def load_split(
     files = report.of_split(split)
     for warning in data_warnings(files):
         print(f"warning: {split}: {warning}", file=sys.stderr)
+    # levels from the whole split's stacks, before any subsetting or corrupt file drops them
+    positions = slice_positions([f.relpath for f in files], [f.patient for f in files])
     if max_images is not None and len(files) > max_images:
         # every k-th file keeps both classes and many patients in proportion
         keep = np.linspace(0, len(files) - 1, max_images).round().astype(int)
-        files = [files[i] for i in keep]
+        files, positions = [files[i] for i in keep], positions[keep]
     check_fits_in_memory(len(files) * resolution * resolution, f"the {split} split")
     table = _slice_table(files)
     pixels = np.zeros((len(files), 1, resolution, resolution), dtype=np.uint8)
@@ -305,6 +364,7 @@ def load_split(
         patients=[files[i].patient for i in keep],
         files=[files[i].relpath for i in keep],
         resolution=resolution,
+        positions=torch.from_numpy(positions[keep].astype(np.float32)),
         corrupt=corrupt,
         converted=converted,
         skipped=[s for s in report.skipped if s["file"].startswith(split + "/")],
@@ -343,7 +403,7 @@ def load_train_val(root, data_cfg, progress: bool = True) -> tuple[SliceSet, Sli
     full = load_split(root, "train", data_cfg.resolution, data_cfg.skip_corrupt, progress)
     train_idx, val_idx = patient_split(full.patients, full.labels, data_cfg.val_patients_fraction,
                                        data_cfg.split_seed)
-    train, val = full.subset(train_idx), full.subset(val_idx)
+    train, val = full.subset(train_idx), full.subset(val_idx)  # levels stay the whole stack's
     train.corrupt, train.converted, train.skipped = full.corrupt, full.converted, full.skipped
     return train, val
 
@@ -410,6 +470,9 @@ def inspect_folder(root: str | Path) -> dict:
         "converted": converted,
         "problems": report.problems,
         "warnings": data_warnings(report.files),
+        "stacks": {s: stack_summary([f.relpath for f in report.of_split(s)],
+                                    [f.patient for f in report.of_split(s)])
+                   for s in SPLITS if s not in report.missing_splits},
     }
 
 
@@ -421,6 +484,15 @@ def format_inspection(info: dict) -> str:
         lines.append(f"  {split:5s}: {cells}")
     lines.append(f"  patients in both train and test: {len(info['patients_in_train_and_test'])}")
     lines.append(f"  sizes: {info['sizes']}   modes: {info['modes']}")
+    for split, stack in info.get("stacks", {}).items():
+        lengths = ", ".join(f"{n} slices x {c}" for n, c in stack["slices_per_patient"].items())
+        levels = ", ".join(f"{k}: {c}" for k, c in stack["position_histogram"].items())
+        lines.append(f"  {split:5s} stacks: {stack['patients']} patients ({lengths}); "
+                     f"{stack['patients_with_gaps']} with gaps in their slice numbers, "
+                     f"{stack['single_slice_patients']} with a single slice, "
+                     f"{stack['files_without_slice_number']} files without a slice number")
+        lines.append(f"  {split:5s} levels (0 = a patient's lowest slice number, 1 = highest): "
+                     f"{levels}")
     for key in ("skipped", "converted", "corrupt"):
         lines.append(f"  {key}: {len(info[key])}")
         lines.extend(f"    {e['file']}: {e['reason']}" for e in info[key][:50])

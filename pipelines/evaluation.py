@@ -19,8 +19,14 @@ from .config import EvalConfig
 from .data import CLASS_NAMES, SliceSet, load_split
 from .errors import UserError
 from .files import write_json
-from .judge import judge_for, tstr_accuracy
-from .metrics import diversity, frechet_distance, nearest_ssim, precision_recall
+from .judge import Judge, judge_for, tstr_accuracy
+from .metrics import (
+    diversity,
+    frechet_distance,
+    nearest_ssim,
+    precision_recall,
+    recall_per_sample,
+)
 from .plots import grid, save_grid, save_png
 from .runs import check_writable_dir
 from .sharpness import compare_spectra, plot_spectra
@@ -77,6 +83,47 @@ def _set_metrics(judge, gen: torch.Tensor, gen_labels: torch.Tensor, test: Slice
     }
 
 
+TERCILES = ("lowest third", "middle third", "highest third")
+LEVEL_ERROR_TARGET = 1.5  # generated level error / the regressor's on real test slices
+
+
+def tercile(positions) -> np.ndarray:
+    """0, 1, 2: the lowest, middle and highest third of a patient's stack."""
+    return np.minimum((np.asarray(positions) * 3).astype(int), 2)
+
+
+def level_block(regressor: Judge, gen: torch.Tensor, requested, test: SliceSet,
+                train_ref: SliceSet, pre: dict, k: int) -> dict:
+    """Level faithfulness and coverage: the level regressor's error on real test slices and on
+    generated slices at their ``requested`` levels (None: a model that takes no level), and
+    recall per level third, generated vs a real reference set of the test set's size.
+
+    A generated slice's recall counts toward the third of the real slice it covers, so a
+    label-only model is measured the same way; its slices' levels are only predicted.
+    """
+    real_true = test.positions.numpy()
+    real_error = np.abs(regressor.positions(test.pixels) - real_true)
+    gen_pred = regressor.positions(gen)
+    block = {"regressor_val_error": -regressor.val_accuracy,
+             "real_test_error": float(real_error.mean()), "generated_error": None}
+    if requested is not None:
+        block["generated_error"] = float(np.abs(gen_pred - np.asarray(requested)).mean())
+        block["generated_to_real_error"] = block["generated_error"] / max(
+            block["real_test_error"], 1e-9)
+    gen_flags = recall_per_sample(pre["f_test"], pre["f_gen"], k)
+    ref_flags = recall_per_sample(pre["f_test"], pre["f_train"], k,
+                                  fake_groups=train_ref.patients)
+    real_t, gen_t = tercile(real_true), tercile(gen_pred)
+    block["terciles"] = {
+        name: {"real_test_slices": int((real_t == i).sum()),
+               "recall": float(gen_flags[real_t == i].mean()),
+               "real_reference_recall": float(ref_flags[real_t == i].mean()),
+               "share_generated_predicted": float((gen_t == i).mean()),
+               "share_real": float((real_t == i).mean())}
+        for i, name in enumerate(TERCILES) if (real_t == i).any()}
+    return block
+
+
 def closest_pairs_figure(gen: torch.Tensor, values, index, train: SliceSet, path: Path,
                          n: int = 8) -> None:
     """Top row: the generated images most similar to a training image; bottom row: that image."""
@@ -116,9 +163,13 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
                        num_images: int, judge_dir, seed: int = 0,
                        inception_weights: str | None = None, progress: bool = True,
                        sampling: dict | None = None, skip_corrupt: bool = False,
-                       reconstruct_fn=None, about: dict | None = None) -> dict:
+                       reconstruct_fn=None, level_conditioned: bool = False,
+                       about: dict | None = None) -> dict:
     """Evaluate ``sample_fn(label, n) -> (n, 1, R, R) uint8`` against the real AD_NC splits.
 
+    ``level_conditioned``: the model takes levels; ``sample_fn(label, n, positions)`` is then
+    asked for n slices at levels evenly spaced from 0 to 1, and their level error is measured.
+    The level regressor is cached beside the judge, in ``<judge_dir>_level``.
     ``sampling``: the settings the images were made with, recorded in metrics.json.
     ``reconstruct_fn(pixels) -> pixels``: the model's VAE round trip at its resolution, if it has
     one; its sharpness is the reference the generated slices' is compared with.
@@ -131,10 +182,14 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
     test = _subset(load_split(data_root, "test", resolution, skip_corrupt, progress=progress),
                    cfg.max_real_images, seed)
     judge, reused = judge_for(train_all, cfg, judge_dir, seed=seed, progress=progress)
+    regressor, _ = judge_for(train_all, cfg, f"{judge_dir}_level", seed=seed, progress=progress,
+                             target="position")
+    requested = np.linspace(0, 1, num_images) if level_conditioned else None
     gen_parts, label_parts = [], []
     t_sample = time.time()
     for label, name in enumerate(CLASS_NAMES):
-        images = sample_fn(name, num_images)
+        images = sample_fn(name, num_images) if requested is None else \
+            sample_fn(name, num_images, requested)
         save_grid(images[:32, 0].numpy(), out_dir / f"generated_{name}.png", nrow=8)
         gen_parts.append(images)
         label_parts.append(torch.full((len(images),), label))
@@ -155,6 +210,9 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
     metrics["per_label"] = {name: _set_metrics(judge, gen, gen_labels, test, pre, masks(label),
                                                seed)
                             for label, name in enumerate(CLASS_NAMES)}
+    metrics["levels"] = level_block(
+        regressor, gen, None if requested is None else np.tile(requested, len(CLASS_NAMES)),
+        test, train_ref, pre, metrics["pr_k"])
     real_same_size = _subset(train_all, len(gen), seed + 2)
     metrics["tstr"] = tstr_accuracy(gen, gen_labels, test, cfg, seed, progress)
     metrics["trtr"] = tstr_accuracy(real_same_size.pixels, real_same_size.labels, test, cfg,
@@ -240,6 +298,23 @@ def metrics_table(m: dict) -> str:
         for name, block in sharp.items():
             ratios = " | ".join(f"{block['band_energy_ratio'][b]:.3f}" for b in bands)
             lines.append(f"| {name} | {ratios} | {block['log_spectrum_distance']:.3f} |")
+        lines.append("")
+    levels = m.get("levels")
+    if levels:
+        gen_error = levels["generated_error"]
+        lines.append("\nSlice level (0 = a patient's lowest slice, 1 = its highest): the level "
+                     f"regressor's mean absolute error is {levels['real_test_error']:.3f} on "
+                     "real test slices, " + (
+                         f"{gen_error:.3f} on generated slices at their requested levels "
+                         f"({levels['generated_to_real_error']:.2f}x)." if gen_error is not None
+                         else "n/a on generated slices (the model takes no level)."))
+        lines.append("\n| level third | real test slices | recall, generated | recall, real "
+                     "reference | share of generated (predicted level) | share of real |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, t in levels["terciles"].items():
+            lines.append(f"| {name} | {t['real_test_slices']} | {t['recall']:.3f} | "
+                         f"{t['real_reference_recall']:.3f} | "
+                         f"{t['share_generated_predicted']:.3f} | {t['share_real']:.3f} |")
         lines.append("")
     fid = m["inception_fid"]
     lines.append("Inception FID: " + (f"{fid:.2f}" if fid is not None else

@@ -22,6 +22,7 @@ and reused only when the data fingerprint and training settings match::
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -47,15 +48,17 @@ WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.05
 
 
-def judge_config() -> ResNetConfig:
-    """A 1.2M-parameter ResNet-10 (He et al. 2016, basic blocks) for one-channel slices, 2 labels.
+def judge_config(target: str = "label") -> ResNetConfig:
+    """A 1.2M-parameter ResNet-10 (He et al. 2016, basic blocks) for one-channel slices, 2 labels
+    (``target="position"``: one output, the slice's level).
 
     Fully convolutional with global pooling, so one config serves every resolution.
     """
+    names = CLASS_NAMES if target == "label" else ("position",)
     return ResNetConfig(
         num_channels=1, embedding_size=HIDDEN_SIZES[0], hidden_sizes=HIDDEN_SIZES, depths=DEPTHS,
-        layer_type="basic", num_labels=len(CLASS_NAMES), id2label=dict(enumerate(CLASS_NAMES)),
-        label2id={name: i for i, name in enumerate(CLASS_NAMES)},
+        layer_type="basic", num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
     )
 
 
@@ -105,27 +108,39 @@ def _accuracy(model, pixels, labels) -> float:
     return float((_logits(model, pixels).argmax(1) == torch.as_tensor(labels)).float().mean())
 
 
+def _score(model, pixels, targets) -> float:
+    """Validation score, higher is better: accuracy, or minus the mean absolute level error."""
+    if torch.as_tensor(targets).is_floating_point():
+        predicted = _logits(model, pixels)[:, 0].clamp(0, 1)
+        return -float((predicted - torch.as_tensor(targets)).abs().mean())
+    return _accuracy(model, pixels, targets)
+
+
 def train_classifier(pixels, labels, settings: TrainSettings, val=None, progress: bool = True,
                      eval_every: int | None = None) -> tuple[JudgeModel, float | None]:
     """Train a fresh judge-architecture classifier; returns (model, best validation accuracy).
 
-    ``pixels``: (N, 1, R, R) uint8 or float [-1, 1]; ``labels``: (N,) ids. ``val``: optional
-    (pixels, labels) checked every ``eval_every`` steps and at the end; the weights with the best
-    validation accuracy are kept. Without ``val`` (e.g. TSTR) the final weights are returned and
-    the accuracy is None. AdamW with warm-up + cosine decay, random left-right flips, fp32.
+    ``pixels``: (N, 1, R, R) uint8 or float [-1, 1]; ``labels``: (N,) ids, or float levels in
+    [0, 1] for the level regressor (one output, mean squared error; its score is minus the mean
+    absolute error). ``val``: optional (pixels, labels) checked every ``eval_every`` steps and at
+    the end; the weights with the best validation score are kept. Without ``val`` (e.g. TSTR)
+    the final weights are returned and the score is None. AdamW with warm-up + cosine decay,
+    random left-right flips (a mirrored slice keeps its level), fp32.
     """
     from tqdm.auto import tqdm
 
-    pixels, labels = torch.as_tensor(pixels), torch.as_tensor(labels, dtype=torch.long)
+    pixels, labels = torch.as_tensor(pixels), torch.as_tensor(labels)
+    regression = labels.is_floating_point()
+    labels = labels.float() if regression else labels.long()
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.random.fork_rng():  # seeded weight initialisation, global RNG left alone
         torch.manual_seed(settings.seed)
-        model = JudgeModel(judge_config())
+        model = JudgeModel(judge_config("position" if regression else "label"))
     optimizer = torch.optim.AdamW(model.parameters(), settings.learning_rate,
                                   weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings.steps))
     eval_every = eval_every or max(1, settings.steps // 10)
-    best_acc, best_state = -1.0, None
+    best_acc, best_state = -math.inf, None
     order, cursor = torch.randperm(len(labels), generator=generator), 0
     bar = tqdm(range(settings.steps), desc="classifier", disable=not progress, leave=False)
     for step in bar:
@@ -137,13 +152,15 @@ def train_classifier(pixels, labels, settings: TrainSettings, val=None, progress
         if settings.flip:
             batch = random_flip(batch, generator)
         model.train()
-        loss = F.cross_entropy(model(pixel_values=batch).logits, labels[index])
+        logits = model(pixel_values=batch).logits
+        loss = F.mse_loss(logits[:, 0], labels[index]) if regression else \
+            F.cross_entropy(logits, labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         if val is not None and ((step + 1) % eval_every == 0 or step + 1 == settings.steps):
-            acc = _accuracy(model, *val)
+            acc = _score(model, *val)
             if acc >= best_acc:  # on a tie, the longer-trained weights
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
             bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.3f}")
@@ -190,6 +207,11 @@ class Judge:
         """(N,) predicted label ids."""
         return self.probabilities(pixels).argmax(1)
 
+    def positions(self, pixels) -> np.ndarray:
+        """(N,) predicted levels in [0, 1] (a judge trained with ``target="position"``)."""
+        self._check(pixels)
+        return _logits(self.model, pixels)[:, 0].clamp(0, 1).numpy()
+
     def accuracy(self, slice_set: SliceSet) -> float:
         return float((self.predict(slice_set.pixels) == slice_set.labels.numpy()).mean())
 
@@ -200,14 +222,14 @@ class Judge:
             self.model.config.to_json_file(tmp / CONFIG_FILE)
             save_file(self.model.state_dict(), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
             info = {"resolution": self.resolution, "val_accuracy": self.val_accuracy,
-                    "class_names": list(CLASS_NAMES), **self.meta}
+                    "class_names": list(self.model.config.id2label.values()), **self.meta}
             (tmp / JUDGE_FILE).write_text(json.dumps(info, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> Judge:
         directory = Path(directory)
         info = json.loads((directory / JUDGE_FILE).read_text())
-        if tuple(info.get("class_names", CLASS_NAMES)) != CLASS_NAMES:
+        if tuple(info.get("class_names", CLASS_NAMES)) not in (CLASS_NAMES, ("position",)):
             raise ValueError(f"judge in {directory} has labels {info['class_names']}, "
                              f"expected {list(CLASS_NAMES)}")
         model = JudgeModel(ResNetConfig.from_json_file(directory / CONFIG_FILE))
@@ -222,11 +244,17 @@ def data_fingerprint(slice_set: SliceSet) -> str:
     return slice_set.fingerprint()
 
 
-def _cache_meta(train: SliceSet, settings: TrainSettings, val_fraction: float) -> dict:
-    return {"data_fingerprint": data_fingerprint(train), "train_images": len(train),
+def _cache_meta(train: SliceSet, settings: TrainSettings, val_fraction: float,
+                target: str = "label") -> dict:
+    meta = {"data_fingerprint": data_fingerprint(train), "train_images": len(train),
             "settings": {**asdict(settings), "val_fraction": val_fraction,
                          "architecture": JudgeModel.__name__, "hidden_sizes": HIDDEN_SIZES,
                          "depths": DEPTHS}}
+    if target == "position":  # label judges keep their key (and their caches)
+        meta["target"] = target
+        meta["positions_fingerprint"] = hashlib.sha256(train.positions.numpy().tobytes()) \
+            .hexdigest()
+    return meta
 
 
 def _saved_meta(directory: Path, wanted: dict) -> dict | None:
@@ -239,22 +267,30 @@ def _saved_meta(directory: Path, wanted: dict) -> dict | None:
 
 
 def train_judge(train: SliceSet, cfg: EvalConfig, val_fraction: float = 0.1, seed: int = 0,
-                progress: bool = True) -> Judge:
-    """Train the judge on ``train`` with a patient-level validation split; keep the best weights."""
+                progress: bool = True, target: str = "label") -> Judge:
+    """Train the judge on ``train`` with a patient-level validation split; keep the best weights.
+
+    ``target="position"``: the level regressor (same network and recipe, one output); its
+    ``val_accuracy`` is then minus its mean absolute level error on the held-out patients.
+    """
     train_idx, val_idx = patient_split(train.patients, train.labels, val_fraction, seed)
     if not val_idx:
         raise ValueError(f"val_fraction={val_fraction} leaves no patient for validation")
     settings = TrainSettings.from_eval(cfg, seed)
     fit, held = train.subset(train_idx), train.subset(val_idx)
-    model, val_acc = train_classifier(fit.pixels, fit.labels, settings,
-                                      val=(held.pixels, held.labels), progress=progress)
-    return Judge(model, train.resolution, val_acc, _cache_meta(train, settings, val_fraction))
+    targets = {"label": lambda s: s.labels, "position": lambda s: s.positions}[target]
+    model, val_acc = train_classifier(fit.pixels, targets(fit), settings,
+                                      val=(held.pixels, targets(held)), progress=progress)
+    return Judge(model, train.resolution, val_acc,
+                 _cache_meta(train, settings, val_fraction, target))
 
 
 def judge_for(train: SliceSet, cfg: EvalConfig, cache_dir: str | Path, val_fraction: float = 0.1,
-              seed: int = 0, progress: bool = True) -> tuple[Judge, bool]:
+              seed: int = 0, progress: bool = True,
+              target: str = "label") -> tuple[Judge, bool]:
     """The judge for ``train``: (loaded from ``cache_dir`` if it matches, else trained and saved,
-    whether it was reused). A cached judge matches when data fingerprint and settings are equal.
+    whether it was reused). A cached judge matches when data fingerprint and settings are equal
+    (and, for ``target="position"``, the levels).
     """
     cache_dir = Path(cache_dir)
     for label, name in enumerate(CLASS_NAMES):
@@ -264,13 +300,13 @@ def judge_for(train: SliceSet, cfg: EvalConfig, cache_dir: str | Path, val_fract
             raise UserError(f"the judge needs at least 2 {name} patients in the train split (one "
                             f"to train on, one to validate on), found {len(patients)}; add "
                             "patients to the data folder")
-    wanted = _cache_meta(train, TrainSettings.from_eval(cfg, seed), val_fraction)
+    wanted = _cache_meta(train, TrainSettings.from_eval(cfg, seed), val_fraction, target)
     if _saved_meta(cache_dir, wanted) == wanted:
         try:
             return Judge.load(cache_dir), True
         except (OSError, ValueError, RuntimeError, SafetensorError):  # damaged: train anew
             pass
-    judge = train_judge(train, cfg, val_fraction, seed, progress)
+    judge = train_judge(train, cfg, val_fraction, seed, progress, target)
     judge.save(cache_dir)
     return judge, False
 

@@ -97,12 +97,26 @@ def _knn(query, ref, k: int, groups=None) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(dists), torch.cat(index)
 
 
-def _coverage(query, ref, radii: torch.Tensor) -> float:
-    """Share of ``query`` rows inside at least one ball (ref row, its radius)."""
+def _inside(query, ref, radii: torch.Tensor) -> torch.Tensor:
+    """(N_query,) bool: each ``query`` row inside at least one ball (ref row, its radius)."""
     query = torch.from_numpy(_as_float64(query))
     ref = torch.from_numpy(_as_float64(ref))
-    inside = [(d <= radii[None, :]).any(dim=1) for _, d in _distances(query, ref)]
-    return float(torch.cat(inside).double().mean())
+    return torch.cat([(d <= radii[None, :]).any(dim=1) for _, d in _distances(query, ref)])
+
+
+def _coverage(query, ref, radii: torch.Tensor) -> float:
+    """Share of ``query`` rows inside at least one ball (ref row, its radius)."""
+    return float(_inside(query, ref, radii).double().mean())
+
+
+def recall_per_sample(real_feats, fake_feats, k: int = 3, fake_groups=None) -> np.ndarray:
+    """(N_real,) bool: each real sample inside the fake manifold, the terms whose mean is
+    :func:`precision_recall`'s recall; a subset's mean is that subset's recall (e.g. per level).
+
+    ``fake_groups``: patient ids when the "fake" set is a real reference set (see
+    :func:`precision_recall` on why a radius skips the same patient's slices)."""
+    fake_radii = _knn(fake_feats, None, k, groups=fake_groups)[0][:, -1]
+    return _inside(real_feats, fake_feats, fake_radii).numpy()
 
 
 def precision_recall(real_feats, fake_feats, k: int = 3, real_groups=None) -> tuple[float, float]:

@@ -131,15 +131,33 @@ def image_seed(seed: int, label: int, index: int) -> int:
     return (seed * 1_000_003 + label * 100_003 + index) % (2**63)
 
 
+def takes_levels(pipe: SlicePipeline) -> bool:
+    """Whether a loaded model takes slice levels (a StyleGAN2 or label-only model does not)."""
+    return bool(getattr(pipe, "level_conditioned", False))
+
+
+def check_level_model(pipe: SlicePipeline, model_dir) -> None:
+    if not takes_levels(pipe):
+        raise UserError(f"{model_dir} is a label-only model (trained without slice levels), so "
+                        "it cannot take --slice_position; leave the flag out, or train a "
+                        "level-conditioned model with --unet.level_conditioning true")
+
+
 def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_size: int,
              settings: dict, native_size: bool = True, latents: bool = False,
-             progress: bool = True, callback=None):
+             progress: bool = True, positions=None, callback=None):
     """``num_images`` images of one label, batched, each from its own seeded generator.
+
+    ``positions``: a level-conditioned model's level, one number or one per image (None: the
+    pipeline draws them). An image's seed does not depend on its level, so image i at two
+    levels starts from the same noise.
 
     Returns (N, H, W) uint8 pixels (native 256x240, or the model's square), or with
     ``latents=True`` the scaled latents of a diffusion model. ``callback(done, total)`` is called
     after each batch (the app's progress bar).
     """
+    if positions is not None:
+        positions = np.broadcast_to(np.asarray(positions, dtype=np.float64), (num_images,))
     try:
         label_id = pipe.label_ids([label])[0]
     except ValueError as err:
@@ -151,10 +169,12 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
         n = min(batch_size, num_images - start)
         gens = [torch.Generator().manual_seed(image_seed(seed, label_id, start + i))
                 for i in range(n)]
+        levels = {} if positions is None else \
+            {"slice_positions": positions[start : start + n].tolist()}
         try:
             out = pipe([label_id], num_images_per_label=n, generator=gens,
                        output_type="latent" if latents else "pt", native_size=native_size,
-                       **call_kwargs(settings)).images
+                       **call_kwargs(settings), **levels).images
         except ValueError as err:
             raise UserError(str(err)) from None
         outs.append(out if latents else to_pixels(out * 2 - 1)[:, 0].numpy())
@@ -167,26 +187,40 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
 
 def sample_to_folder(model_dir, labels: list[str], out_dir, *, num_images: int, seed: int,
                      batch_size: int, settings: dict | None = None, device: str = "cpu",
-                     **overrides) -> dict:
+                     positions: list[float] | None = None, **overrides) -> dict:
     """Write OUT/<label>/<label>_NNNN.png, OUT/grid_<label>.png and OUT/sample.json.
 
-    OUT is emptied first when an earlier sample.py wrote it, refused when it holds other files.
+    ``positions`` (a level-conditioned model): ``num_images`` images at each level, named
+    <label>_pos<level>_NNNN.png; the grid has a column per level (image i of every column
+    starts from the same noise). OUT is emptied first when an earlier sample.py wrote it,
+    refused when it holds other files.
 
     ``overrides``: scheduler / num_inference_steps / guidance_scale flags over the saved ones.
     """
     pipe = load_pipeline(model_dir, device)
+    if positions is not None:
+        check_level_model(pipe, model_dir)
     settings = sampling_settings(pipe, **overrides) if settings is None else settings
     out_dir = prepare_output_dir(out_dir, "sample.json")
-    record = {"model": str(model_dir), "seed": seed, **settings, "labels": {},
-              "complete": False}
+    record = {"model": str(model_dir), "seed": seed, **settings, "slice_positions": positions,
+              "labels": {}, "complete": False}
     write_json(out_dir / "sample.json", record)  # marks the folder as this script's from now on
     for label in labels:
         t0 = time.time()
-        images = generate(pipe, label, num_images, seed=seed, batch_size=batch_size,
-                          settings=settings)
-        files = [save_png(img, out_dir / label / f"{label}_{i:04d}.png").name
-                 for i, img in enumerate(images)]
-        save_grid(images, out_dir / f"grid_{label}.png", nrow=8)
+        if positions is None:
+            images = generate(pipe, label, num_images, seed=seed, batch_size=batch_size,
+                              settings=settings)
+            files = [save_png(img, out_dir / label / f"{label}_{i:04d}.png").name
+                     for i, img in enumerate(images)]
+            save_grid(images, out_dir / f"grid_{label}.png", nrow=8)
+        else:
+            columns = [generate(pipe, label, num_images, seed=seed, batch_size=batch_size,
+                                settings=settings, positions=p) for p in positions]
+            files = [save_png(img, out_dir / label / f"{label}_pos{p:.3f}_{i:04d}.png").name
+                     for p, column in zip(positions, columns, strict=True)
+                     for i, img in enumerate(column)]
+            images = np.stack(columns, axis=1).reshape(-1, *columns[0].shape[1:])  # row-major
+            save_grid(images, out_dir / f"grid_{label}.png", nrow=len(positions))
         record["labels"][label] = {"num_images": len(files), "folder": label,
                                    "grid": f"grid_{label}.png",
                                    "seconds": round(time.time() - t0, 2)}

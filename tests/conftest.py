@@ -57,6 +57,18 @@ def tiny_model(tiny_vae_run, tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_level_model(tiny_vae_run, tiny_data, tmp_path_factory) -> Path:
+    """The tiny model conditioned on the slice level as well as the label."""
+    from pipelines.config import load_config
+    from pipelines.ldm.trainer import train_unet
+
+    out = tmp_path_factory.mktemp("ldm_level")
+    train_unet(load_config(TINY, ["--unet.level_conditioning", "true"]), tiny_vae_run / "vae",
+               tiny_data, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_gan(tiny_data, tmp_path_factory) -> Path:
     from pipelines.config import load_config
     from pipelines.stylegan2.trainer import train_stylegan2

@@ -18,6 +18,8 @@ from pipelines.data import (
     patient_id,
     patient_split,
     random_flip,
+    slice_positions,
+    stack_summary,
     to_model_input,
     to_native,
 )
@@ -158,3 +160,34 @@ def test_inspect_cli_json_and_exit_codes(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sys.executable
+
+
+def test_levels_from_file_names_gaps_single_slices_and_unsorted_listing():
+    files = ["b_12.jpeg", "a_3.jpeg", "a_1.jpeg", "c_7.png", "a_10.jpeg", "b_10.jpeg",
+             "a_2.jpeg", "b_11.jpeg", "noslice.jpeg", "d_x.jpeg"]
+    patients = [patient_id(f) for f in files]
+    got = dict(zip(files, slice_positions(files, patients), strict=True))
+    # a: 1, 2, 3, 10 -> the gap stays a gap; the listing order does not matter
+    assert got["a_1.jpeg"] == 0 and got["a_10.jpeg"] == 1
+    assert got["a_2.jpeg"] == pytest.approx(1 / 9) and got["a_3.jpeg"] == pytest.approx(2 / 9)
+    assert (got["b_10.jpeg"], got["b_11.jpeg"], got["b_12.jpeg"]) == (0, 0.5, 1)
+    # one slice, no slice number, a non-numeric suffix: the middle level
+    assert got["c_7.png"] == got["noslice.jpeg"] == got["d_x.jpeg"] == 0.5
+    summary = stack_summary(files, patients)
+    assert summary["patients_with_gaps"] == 1 and summary["gap_examples"] == ["a"]
+    assert summary["single_slice_patients"] == 3 and summary["files_without_slice_number"] == 2
+    assert summary["slices_per_patient"] == {"1": 3, "3": 1, "4": 1}
+
+
+def test_levels_travel_with_the_slices_and_inspect_reports_stacks(tmp_path):
+    root = write_set(tmp_path / "AD_NC", patients=2, slices=3)
+    full = load_split(root, "train", 16, progress=False)
+    assert full.positions.tolist() == [0, 0.5, 1] * 4
+    part = full.subset([2, 4])  # a subset keeps the levels of the whole stack
+    assert part.positions.tolist() == [1, 0.5]
+    train, val = load_train_val(root, DataConfig(resolution=16, val_patients_fraction=0.5),
+                                progress=False)
+    assert sorted(train.positions.tolist() + val.positions.tolist()) == sorted([0, 0.5, 1] * 4)
+    stacks = inspect_folder(root)["stacks"]
+    assert stacks["train"]["slices_per_patient"] == {"3": 4}
+    assert stacks["test"]["position_histogram"]["0.4-0.6"] == 4

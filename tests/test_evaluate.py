@@ -5,7 +5,7 @@ import pytest
 from .conftest import run_script
 
 KEYS = {"fd", "precision", "recall", "judge_acc", "diversity", "memorisation", "tstr", "trtr",
-        "inception_fid", "per_label", "sharpness", "sampling"}
+        "inception_fid", "per_label", "sharpness", "sampling", "levels"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,20 @@ def test_metrics_json_has_the_documented_shape(evaluation):
                  "spectrum.png"):
         assert (out / name).is_file()
     assert "Frechet distance" in proc.stdout and "log-spectrum distance" in proc.stdout
+    levels = m["levels"]  # a label-only model: levels predicted, none requested
+    assert levels["generated_error"] is None and 0 <= levels["real_test_error"] <= 1
+    assert set(levels["terciles"]) <= {"lowest third", "middle third", "highest third"}
+    assert "level third" in proc.stdout
+
+
+def test_level_model_is_measured_at_its_requested_levels(tiny_level_model, tiny_data, tmp_path):
+    proc = run_script("evaluate.py", "--model", tiny_level_model, "--data", tiny_data, "--out",
+                      tmp_path, "--num_images", "4", "--num_inference_steps", "2")
+    levels = json.loads((tmp_path / "metrics.json").read_text())["levels"]
+    assert 0 <= levels["generated_error"] <= 1 and levels["generated_to_real_error"] >= 0
+    for third in levels["terciles"].values():
+        assert 0 <= third["recall"] <= 1 and 0 <= third["real_reference_recall"] <= 1
+    assert "at their requested levels" in proc.stdout
 
 
 def test_judge_is_cached_and_reused(evaluation, tiny_model, tiny_data, tmp_path):

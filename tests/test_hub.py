@@ -10,7 +10,12 @@ import torch
 
 from pipelines import files
 from pipelines.hub import save_pipeline
-from pipelines.ldm.pipeline_adni import ADNIDiffusionPipeline, guide, label_inputs, make_scheduler
+from pipelines.ldm.pipeline_adni import (
+    ADNIDiffusionPipeline,
+    condition_inputs,
+    guide,
+    make_scheduler,
+)
 from pipelines.sampling import load_pipeline
 from pipelines.slices import CLASS_NAMES, parse_label
 from pipelines.stylegan2.pipeline_stylegan2 import StyleGAN2Pipeline
@@ -55,6 +60,24 @@ def test_folder_samples_in_plain_diffusers_without_this_repository(kind, request
     side = 32  # the tiny config's square
     assert got["pt"] == [1, 1, side, side]
     assert "unknown label 'MCI'" in got["bad"]
+
+
+def test_level_folder_samples_at_its_levels_in_plain_diffusers(tiny_level_model, tmp_path):
+    copy = shutil.copytree(tiny_level_model, tmp_path / "model")
+    code = f"""
+import json, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(copy)!r}, trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+def run(levels):
+    return pipe(["AD", "AD"], slice_positions=levels, num_inference_steps=2, output_type="np",
+                generator=[torch.Generator().manual_seed(0) for _ in range(2)]).images
+a, b = run([0.0, 1.0]), run([0.0, 1.0])
+print(json.dumps({{"level": pipe.config.level_conditioned, "same": bool((a == b).all()),
+                  "levels_differ": bool((a[0] != a[1]).any())}}))
+"""
+    got = json.loads(run_without_repo(code, cwd=tmp_path).stdout.strip().splitlines()[-1])
+    assert got == {"level": True, "same": True, "levels_differ": True}
 
 
 @pytest.mark.parametrize("kind", ["ldm", "stylegan2"])
@@ -161,10 +184,10 @@ def _denoise(pipe, labels, guidance, steps, seed):
     ids = torch.tensor(labels)
     for t in scheduler.timesteps:
         x = scheduler.scale_model_input(latents, t)
-        cond = unet(x, t, **label_inputs(unet, ids)).sample
+        cond = unet(x, t, **condition_inputs(unet, ids)).sample
         if guidance != 1:
             null = torch.full_like(ids, len(CLASS_NAMES))
-            uncond = unet(x, t, **label_inputs(unet, null)).sample
+            uncond = unet(x, t, **condition_inputs(unet, null)).sample
             cond = uncond + guidance * (cond - uncond)
         latents = scheduler.step(cond, t, latents).prev_sample
     return latents

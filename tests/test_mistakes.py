@@ -74,6 +74,8 @@ CONFIG_ROWS = [  # (flags, words in the message)
     (["--unet.num_validation_images", "0"], ["num_validation_images", "from 1"]),
     (["--vae.mixed_precision", "fp8"], ["mixed_precision", "no, fp16, bf16"]),
     (["--unet.beta_start", "0.5", "--unet.beta_end", "0.1"], ["beta_start", "below"]),
+    (["--unet.level_conditioning", "true", "--unet.conditioning", "cross_attention"],
+     ["level_conditioning", "class_embed"]),
 ]
 
 
@@ -190,6 +192,31 @@ def test_sample_mistakes(tiny_model, tmp_path, args, words, capsys):
     code, err = run_main("sample.py", "--model", tiny_model, "--out", tmp_path / "s", *args,
                          capsys=capsys)
     assert code == 2 and all(w in err for w in words), err
+
+
+LEVEL_ROWS = [  # --slice_position values, on a level-conditioned model
+    (["-0.1"], ["--slice_position", "[0, 1]", "'-0.1'"]),
+    (["1.5"], ["--slice_position", "[0, 1]", "'1.5'"]),
+    (["abc"], ["--slice_position", "'abc'"]),
+    (["nan"], ["--slice_position", "'nan'"]),
+    (["0.2", "0.4"], ["--slice_position", "'all K'"]),
+    (["all"], ["--slice_position", "K from 2"]),
+    (["all", "1"], ["--slice_position", "K from 2"]),
+]
+
+
+@pytest.mark.parametrize("values, words", LEVEL_ROWS, ids=lambda v: " ".join(map(str, v))[:20])
+def test_bad_slice_positions(tiny_level_model, tmp_path, values, words, capsys):
+    code, err = run_main("sample.py", "--model", tiny_level_model, "--out", tmp_path / "s",
+                         "--slice_position", *values, capsys=capsys)
+    assert code == 2 and all(w in err for w in words) and err.count("error:") == 1, err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_a_level_for_a_label_only_model(tiny_model, tmp_path, capsys):
+    code, err = run_main("sample.py", "--model", tiny_model, "--out", tmp_path / "s",
+                         "--slice_position", "0.3", capsys=capsys)
+    assert code == 2 and "label-only" in err and "--unet.level_conditioning true" in err, err
 
 
 # ----------------------------------------------------------------------------- damaged inputs

@@ -186,3 +186,68 @@ def test_unet_two_cpu_processes(tiny_vae_run, tiny_data, tmp_path):
     assert "2 process(es)" in proc.stdout + proc.stderr
     pipe = load_pipeline(tmp_path / "ddp")
     assert pipe(["NC"], num_inference_steps=2, output_type="np").images.shape == (1, 240, 256, 1)
+
+
+# ----------------------------------------------------------------------------- slice levels
+
+
+def test_level_condition_changes_the_output_and_guidance_stays_on_the_label(tiny_level_model):
+    pipe = load_pipeline(tiny_level_model)
+    assert pipe.level_conditioned and pipe.config.level_conditioned
+    assert json.loads((tiny_level_model / "model_index.json").read_text())["level_conditioned"]
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=3, guidance_scale=2.0, output_type="latent")
+
+    def latents(label, level):
+        return pipe([label], slice_positions=level, generator=torch.Generator().manual_seed(5),
+                    **kw).images
+
+    low, high = latents("AD", 0.0), latents("AD", 1.0)
+    assert (low - high).abs().max() > 1e-3
+    assert (latents("NC", 0.0) - low).abs().max() > 1e-3
+    assert torch.equal(latents("AD", 0.0), low)  # deterministic
+
+
+def test_level_model_samples_at_requested_levels_after_reload(tiny_level_model, tmp_path):
+    pipe = load_pipeline(tiny_level_model)
+    settings = sampling_settings(pipe, num_inference_steps=2)
+    kw = dict(seed=1, batch_size=4, settings=settings, progress=False)
+    levels = np.array([0.0, 0.25, 0.5, 1.0])
+    once = generate(pipe, "AD", 4, positions=levels, **kw)
+    again = generate(load_pipeline(tiny_level_model), "AD", 4, positions=levels, **kw)
+    np.testing.assert_array_equal(once, again)
+    # image i at level p is image i of a batch at that one level: seeds do not depend on level
+    single = generate(pipe, "AD", 4, positions=0.25, batch_size=2, seed=1, settings=settings,
+                      progress=False)
+    np.testing.assert_allclose(single[1].astype(int), once[1].astype(int), atol=1)
+    out = tmp_path / "s"
+    run_script("sample.py", "--model", tiny_level_model, "--label", "AD", "--slice_position",
+               "all", "3", "--num_images", "2", "--num_inference_steps", "2", "--out", out)
+    record = json.loads((out / "sample.json").read_text())
+    assert record["slice_positions"] == [0.0, 0.5, 1.0]
+    assert sorted(p.name for p in (out / "AD").iterdir())[:2] == ["AD_pos0.000_0000.png",
+                                                                "AD_pos0.000_0001.png"]
+    grid = np.asarray(Image.open(out / "grid_AD.png"))
+    assert grid.shape[1] > grid.shape[0]  # 3 columns (levels) by 2 rows (seeds)
+
+
+def test_label_only_model_refuses_levels_and_bad_levels_are_named(tiny_model, tiny_level_model):
+    pipe = load_pipeline(tiny_model)
+    assert not pipe.level_conditioned and not pipe.config.level_conditioned
+    with pytest.raises(ValueError, match="label-only"):
+        pipe(["AD"], slice_positions=0.5, num_inference_steps=1)
+    level = load_pipeline(tiny_level_model)
+    for bad in (-0.1, 1.5, float("nan"), "0.3", [0.2, "x"]):
+        with pytest.raises(ValueError, match=r"slice_positions must be numbers in \[0, 1\]"):
+            level(["AD"], slice_positions=bad, num_inference_steps=1)
+    with pytest.raises(ValueError, match="3 entries"):
+        level(["AD", "NC"], slice_positions=[0.1, 0.2, 0.3], num_inference_steps=1)
+
+
+def test_latent_cache_serves_the_slice_levels(tiny_vae_run, tiny_data, tmp_path):
+    """Levels come from the slice set, not the file: a cache written before levels existed
+    (same key) still serves, with the levels of the names."""
+    vae = load_vae(tiny_vae_run / "vae")
+    train = load_split(tiny_data, "train", 32, progress=False)
+    cache = build_latent_cache(vae, train, tmp_path, flip=False)
+    assert torch.equal(cache.positions, train.positions) and len(cache.positions) == len(cache)

@@ -23,8 +23,10 @@ from PIL import Image
 
 from pipelines.config import load_config
 from pipelines.errors import cli_entry
+from pipelines.evaluation import LEVEL_ERROR_TARGET
 from pipelines.files import write_json
 from pipelines.plots import grid, save_png
+from tools.level_figure import level_figure
 
 
 def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
@@ -129,6 +131,25 @@ def targets(timing: dict, vae: dict, ev: dict) -> list[str]:
                           "gen <= real", mem["gen_nn_ssim_median"] <= mem["test_nn_ssim_median"]))
         rows.append(check("TSTR / TRTR", f"{ev['tstr']:.3f} / {ev['trtr']:.3f}", ">= 0.90",
                           ev["tstr"] >= 0.9 * ev["trtr"]))
+        rows.extend(level_targets(ev.get("levels")))
+    return rows
+
+
+def level_targets(levels: dict | None) -> list[str]:
+    """Level faithfulness (a level-conditioned model only) and recall in every level third."""
+    if not levels:
+        return []
+    rows = []
+    gen, real = levels["generated_error"], levels["real_test_error"]
+    if gen is not None:
+        ratio = gen / max(real, 1e-9)
+        rows.append(check("level error, generated at requested / real test",
+                          f"{gen:.3f} / {real:.3f} = {ratio:.2f}", f"<= {LEVEL_ERROR_TARGET}",
+                          ratio <= LEVEL_ERROR_TARGET))
+    recalls = {name: t["recall"] for name, t in levels["terciles"].items()}
+    rows.append(check("recall in each level third (lowest, middle, highest)",
+                      ", ".join(f"{r:.3f}" for r in recalls.values()), ">= 0.4",
+                      all(r >= 0.4 for r in recalls.values())))
     return rows
 
 
@@ -142,6 +163,10 @@ def write_report(data: Path, out: Path) -> Path:
     if (out / "samples").is_dir():
         real_vs_generated_figure(data, out)
         lines += ["![real vs generated](real_vs_generated.png)", ""]
+    if unet.get("level_conditioned"):
+        level_figure(out / "model", data, out / "levels.png")
+        lines += ["Slice levels from the lowest (left) to the highest (right); rows: real NC, "
+                  "generated NC, real AD, generated AD.", "", "![levels](levels.png)", ""]
     lines += ["## Targets", "", *targets(timing, vae, ev), ""]
     if timing:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]

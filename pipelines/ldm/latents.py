@@ -3,8 +3,10 @@
 The cache key hashes the VAE's config and weights and the decoded slices themselves
 (``SliceSet.fingerprint``), so a changed VAE or data set is never served stale latents. It
 stores the posterior mean and std (training samples ``mean + std * eps``), and the encodings of the
-mirrored slices when flip augmentation is on. Files are safetensors (no pickle); the main
-process writes them to a temporary name and renames, the others wait and read.
+mirrored slices when flip augmentation is on. The slice levels are not stored: they come from
+the file names, which the trainer reads anyway, so caches written before levels existed stay
+valid and a renamed file can never be served a stale level. Files are safetensors (no pickle);
+the main process writes them to a temporary name and renames, the others wait and read.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class LatentCache:
     flip_mean: torch.Tensor | None = None
     flip_std: torch.Tensor | None = None
     key: str = ""
-
+    positions: torch.Tensor | None = None  # (N,) levels in [0, 1], from the slice set
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -109,4 +111,5 @@ def build_latent_cache(vae, slices: SliceSet, cache_dir: str | Path, flip: bool,
         accelerator.wait_for_everyone()
     tensors = load_file(str(path))
     return LatentCache(tensors["mean"], tensors["std"], tensors["labels"],
-                       tensors.get("flip_mean"), tensors.get("flip_std"), key)
+                       tensors.get("flip_mean"), tensors.get("flip_std"), key,
+                       slices.positions.clone())

@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from ..slices import NULL_LABEL
-from .pipeline_adni import label_inputs
+from .pipeline_adni import condition_inputs
 
 
 def training_scheduler(ucfg) -> DDPMScheduler:
@@ -33,8 +33,10 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> tor
 
 
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, class_labels: torch.Tensor,
-                   snr_gamma: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-sample weighted MSE of the UNet's epsilon or v prediction at a random timestep."""
+                   snr_gamma: float, generator: torch.Generator | None = None,
+                   slice_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample weighted MSE of the UNet's epsilon or v prediction at a random timestep
+    (``slice_positions``: the levels, for a level-conditioned UNet)."""
     noise = torch.randn(latents.shape, generator=generator, device=latents.device)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                               generator=generator, device=latents.device)
@@ -42,7 +44,7 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, class_labels: t
     prediction_type = noise_scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else \
         noise_scheduler.get_velocity(latents, noise, timesteps)
-    pred = unet(noisy, timesteps, **label_inputs(unet, class_labels)).sample
+    pred = unet(noisy, timesteps, **condition_inputs(unet, class_labels, slice_positions)).sample
     mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     alphas = noise_scheduler.alphas_cumprod.to(latents.device)[timesteps]
     snr = alphas / (1 - alphas)

@@ -6,12 +6,15 @@ saved model folder carries this file and loads in plain diffusers::
     from diffusers import DiffusionPipeline
     pipe = DiffusionPipeline.from_pretrained("outputs/demo/model", trust_remote_code=True)
     images = pipe(["AD", "NC"], generator=torch.manual_seed(0)).images
+    # a level-conditioned model: each slice at its level in the stack (0 lowest, 1 highest)
+    images = pipe(["AD", "AD"], slice_positions=[0.1, 0.9], generator=torch.manual_seed(0)).images
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -22,6 +25,7 @@ from diffusers import (
     ImagePipelineOutput,
     UNet2DConditionModel,
 )
+from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..slices import CLASS_NAMES, NATIVE_SIZE, SlicePipeline
@@ -51,13 +55,63 @@ def scheduler_name(scheduler) -> str:
     return type(scheduler).__name__
 
 
-def label_inputs(unet, class_labels: torch.Tensor) -> dict:
-    """The keyword arguments that give ``unet`` (bare or wrapped by DDP) the label ids."""
+# The level (0..1) is embedded like a diffusion timestep (0..1000): the same sinusoids, so
+# neighbouring slices (1/20 apart) differ as much as timesteps 50 apart do.
+POSITION_FEATURES = 64
+POSITION_SCALE = 1000.0
+
+
+def is_level_conditioned(unet) -> bool:
+    """Whether ``unet`` (bare or wrapped by DDP) reads the slice level beside the label."""
     inner = getattr(unet, "module", unet)
+    return getattr(inner.config, "class_embed_type", None) == "projection"
+
+
+def level_features(class_labels: torch.Tensor, slice_positions: torch.Tensor,
+                   num_ids: int) -> torch.Tensor:
+    """(N, num_ids + POSITION_FEATURES): [one-hot label id, sinusoidal level], what the
+    level-conditioned UNet's class-embedding MLP reads."""
+    onehot = F.one_hot(class_labels, num_ids).float()
+    waves = get_timestep_embedding(slice_positions.float() * POSITION_SCALE, POSITION_FEATURES,
+                                   flip_sin_to_cos=True, downscale_freq_shift=0)
+    return torch.cat([onehot, waves.to(onehot.device)], dim=1)
+
+
+def condition_inputs(unet, class_labels: torch.Tensor,
+                     slice_positions: torch.Tensor | None = None) -> dict:
+    """The keyword arguments that give ``unet`` (bare or wrapped by DDP) the label ids, and the
+    slice levels when it is level-conditioned."""
+    inner = getattr(unet, "module", unet)
+    if is_level_conditioned(inner):
+        if slice_positions is None:
+            raise ValueError("this UNet is level-conditioned: give slice_positions")
+        num_ids = inner.config.projection_class_embeddings_input_dim - POSITION_FEATURES
+        features = level_features(class_labels, slice_positions.to(class_labels.device), num_ids)
+        return {"encoder_hidden_states": None, "class_labels": features.to(inner.dtype)}
     if isinstance(inner, UNet2DConditionModel):
         tokens = F.one_hot(class_labels, inner.config.encoder_hid_dim)[:, None]
         return {"encoder_hidden_states": tokens.to(inner.dtype)}
     return {"class_labels": class_labels}
+
+
+def check_positions(values) -> list[float]:
+    """Slice levels as given to the pipeline -> a list of floats, each checked to be in [0, 1]."""
+    if isinstance(values, torch.Tensor):
+        values = values.flatten().tolist()
+    elif isinstance(values, np.ndarray):
+        values = values.ravel().tolist()
+    elif isinstance(values, (int, float, np.number, str, bool)):
+        values = [values]
+    out = []
+    for value in values:
+        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and 0 <= value <= 1):
+            raise ValueError(f"slice_positions must be numbers in [0, 1] (0 = a patient's lowest "
+                             f"slice, 1 = its highest), got {value!r}")
+        out.append(float(value))
+    if not out:
+        raise ValueError("slice_positions is empty; give a number in [0, 1] or leave it out")
+    return out
 
 
 def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -76,17 +130,21 @@ class ADNIDiffusionPipeline(SlicePipeline):
         class_names: label names in id order; saved in model_index.json so ids travel with it.
         native_size: (width, height) the square output is cropped back to.
         guidance_scale, num_inference_steps: the call's defaults, saved with the model.
+        level_conditioned: recorded in model_index.json for readers; the UNet decides it (a
+            UNet2DConditionModel with ``class_embed_type="projection"`` reads the level).
     """
 
     model_cpu_offload_seq = "unet->vae"
 
     def __init__(self, vae, unet, scheduler, class_names=CLASS_NAMES, native_size=NATIVE_SIZE,
-                 guidance_scale: float = 2.0, num_inference_steps: int = 20):
+                 guidance_scale: float = 2.0, num_inference_steps: int = 20,
+                 level_conditioned: bool | None = None):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=list(class_names), native_size=list(native_size),
                                 guidance_scale=float(guidance_scale),
-                                num_inference_steps=int(num_inference_steps))
+                                num_inference_steps=int(num_inference_steps),
+                                level_conditioned=is_level_conditioned(unet))
 
     @property
     def null_label(self) -> int:
@@ -96,6 +154,31 @@ class ADNIDiffusionPipeline(SlicePipeline):
     def resolution(self) -> int:
         """Side of the square images the model makes (before the crop to the native size)."""
         return int(self.vae.config.sample_size)
+
+    @property
+    def level_conditioned(self) -> bool:
+        return is_level_conditioned(self.unet)
+
+    def positions_for(self, slice_positions, num_labels: int, per_label: int,
+                      generator=None) -> torch.Tensor:
+        """One level per image: one number for all, one per label entry, or one per image;
+        None draws each uniformly in [0, 1] from the image's own generator (after its noise)."""
+        n = num_labels * per_label
+        if slice_positions is None:
+            if isinstance(generator, list):
+                draws = [torch.rand(1, generator=g, device=g.device).cpu() for g in generator]
+                return torch.cat(draws)
+            return torch.rand(n, generator=generator,
+                              device=generator.device if generator is not None else "cpu").cpu()
+        values = check_positions(slice_positions)
+        if len(values) == num_labels and per_label > 1:
+            values = [v for v in values for _ in range(per_label)]
+        elif len(values) == 1:
+            values = values * n
+        if len(values) != n:
+            raise ValueError(f"slice_positions has {len(values)} entries; give one, one per "
+                             f"label entry ({num_labels}) or one per image ({n})")
+        return torch.tensor(values)
 
     def sampling_settings(self) -> dict:
         """What a call does by default: the saved sampler, steps and guidance."""
@@ -114,6 +197,7 @@ class ADNIDiffusionPipeline(SlicePipeline):
         output_type: str = "pil",
         native_size: bool = True,
         return_dict: bool = True,
+        slice_positions=None,
     ):
         """Sample ``num_images_per_label`` slices for each entry of ``class_labels``.
 
@@ -126,6 +210,10 @@ class ADNIDiffusionPipeline(SlicePipeline):
             output_type: "pil", "np" (float [0, 1], NHWC), "pt" (float [0, 1], NCHW) or
                 "latent" (the scaled latents).
             native_size: crop to the native 256x240 slice (True) or keep the model's square.
+            slice_positions: a level-conditioned model's level for the images in [0, 1] (0 = a
+                patient's lowest slice, 1 = its highest): one number, one per entry of
+                ``class_labels``, or one per image; None draws each image's level uniformly.
+                Guidance acts on the label only; the level is given to both halves.
 
         Returns:
             ImagePipelineOutput with ``images``.
@@ -143,18 +231,27 @@ class ADNIDiffusionPipeline(SlicePipeline):
         if not (math.isfinite(guidance_scale) and guidance_scale >= 1):
             raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), "
                              f"got {guidance_scale}")
-        ids = [i for i in self.label_ids(class_labels) for _ in range(num_images_per_label)]
+        if slice_positions is not None and not self.level_conditioned:
+            raise ValueError("this model is label-only (trained without slice levels); leave out "
+                             "slice_positions, or train one with --unet.level_conditioning true")
+        label_ids = self.label_ids(class_labels)
+        ids = [i for i in label_ids for _ in range(num_images_per_label)]
         device = self._execution_device
         labels = torch.tensor(ids, device=device)
         unet_cfg = self.unet.config
         shape = (len(ids), unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        positions = None
+        if self.level_conditioned:
+            positions = self.positions_for(slice_positions, len(label_ids), num_images_per_label,
+                                           generator).to(device)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         guided = guidance_scale > 1
         if guided:  # one batched UNet call: [unconditional, conditional]
             labels = torch.cat([torch.full_like(labels, self.null_label), labels])
-        conditioning = label_inputs(self.unet, labels)  # built once, not per step
+            positions = None if positions is None else torch.cat([positions, positions])
+        conditioning = condition_inputs(self.unet, labels, positions)  # built once, not per step
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)

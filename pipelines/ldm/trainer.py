@@ -37,6 +37,8 @@ def build_pipeline(vae, unet, noise_scheduler, sample_cfg) -> ADNIDiffusionPipel
 
 def model_card(cfg: Config, data_root, metrics: dict) -> str:
     tags = ["latent-diffusion", "medical-imaging", "brain-mri", "adni", "class-conditional"]
+    level_text = ("conditioned on the label and the slice level (0 = a patient's lowest slice, "
+                  "1 = its highest)" if cfg.unet.level_conditioning else "label-conditioned")
     return card_header(tags, "ADNIDiffusionPipeline") + f"""
 # ADNI AD/NC class-conditioned latent diffusion
 
@@ -46,8 +48,9 @@ Generates 8-bit greyscale axial brain MRI slices ({cfg.data.resolution} px, crop
 - Data: `{data_root}` ({metrics['train_images']} training slices from
   {metrics['train_patients']} patients); labels {', '.join(CLASS_NAMES)} = ids 0, 1,
   null label id {NULL_LABEL}
-- UNet: {metrics['parameters'] / 1e6:.1f}M parameters, {cfg.unet.prediction_type}, min-SNR gamma
-  {cfg.unet.snr_gamma}, EMA {cfg.unet.ema_decay}, label dropout {cfg.unet.cond_drop_prob}
+- UNet: {metrics['parameters'] / 1e6:.1f}M parameters, {level_text},
+  {cfg.unet.prediction_type}, min-SNR gamma {cfg.unet.snr_gamma}, EMA {cfg.unet.ema_decay},
+  label dropout {cfg.unet.cond_drop_prob}
 - Trained {metrics['steps']} steps ({metrics['wall_seconds'] / 60:.1f} min,
   {metrics['img_per_s']:.1f} img/s)
 - Sampling defaults (saved with the model, used by every entry point unless overridden):
@@ -61,7 +64,8 @@ repository that trained it:
 
 {usage_snippet('pipe(["AD", "NC"], num_images_per_label=2, generator=torch.manual_seed(0)).images')}
 
-`class_labels` takes names or ids (NC = 0, AD = 1); `output_type` "pil", "np" or "pt";
+`class_labels` takes names or ids (NC = 0, AD = 1); a level-conditioned model also takes
+`slice_positions` (numbers in [0, 1]); `output_type` "pil", "np" or "pt";
 `native_size=False` keeps the square model output.
 
 Full training config:
@@ -101,11 +105,13 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
     def get_batch(indices, generator):  # generator: this micro-step's, from run_training
         latents = cache.sample(indices, scaling, generator).to(accelerator.device)
         labels = drop_labels(cache.labels[indices], ucfg.cond_drop_prob, generator)
-        return latents, labels.to(accelerator.device)
+        return latents, labels.to(accelerator.device), cache.positions[indices].to(
+            accelerator.device)
 
     def loss_fn(model, batch, step):
-        latents, labels = batch
-        loss = diffusion_loss(model, noise_scheduler, latents, labels, ucfg.snr_gamma).mean()
+        latents, labels, positions = batch
+        loss = diffusion_loss(model, noise_scheduler, latents, labels, ucfg.snr_gamma,
+                              slice_positions=positions).mean()
         return loss, {"loss": loss.detach()}
 
     def ema_unet():
@@ -116,9 +122,12 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
             accelerator.device)
         pipe.set_progress_bar_config(disable=True)
         n = ucfg.num_validation_images
+        # a level-conditioned model's rows run from the lowest level to the highest
+        levels = np.tile(np.linspace(0, 1, n), len(CLASS_NAMES)) if pipe.level_conditioned \
+            else None
         images = pipe(list(CLASS_NAMES), num_images_per_label=n,
                       generator=torch.Generator().manual_seed(0), output_type="pt",
-                      native_size=False).images
+                      native_size=False, slice_positions=levels).images
         save_grid(to_uint8(images * 2 - 1), output_dir / "samples" / f"step-{step:06d}.png",
                   nrow=n)
 
@@ -138,7 +147,7 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
             "latent_shape": list(cache.mean.shape[1:]), "train_images": len(train_set),
             "train_patients": len(set(train_set.patients)), "vae": str(vae_path),
             "latent_cache": cache.key, "output_dir": str(output_dir),
-            "class_names": list(CLASS_NAMES),
+            "class_names": list(CLASS_NAMES), "level_conditioned": ucfg.level_conditioning,
             "labels_in_training": np.bincount(cache.labels.numpy(), minlength=2).tolist(),
         }
         pipe = build_pipeline(vae.float(), ema_unet(), noise_scheduler, cfg.sample)
