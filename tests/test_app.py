@@ -174,3 +174,17 @@ def test_a_stylegan2_folder_generates_without_sampler_fields(tiny_gan):
     assert session.saved == {}  # the page hides guidance, steps and sampler
     items, text, _ = generate_images(session, "NC", 2, None, None, None, 3)
     assert len(items) == 2 and "sampler" not in text
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model", "/no/such/model"], ["no model at /no/such/model", "make demo"]),
+    (["--port", "0"], ["--port must be from 1 to 65535"]),
+    (["--data", "/no/such/AD_NC"], ["--data /no/such/AD_NC is not a folder"]),
+])
+def test_app_mistakes_exit_2_with_one_message(tiny_model, args, words, capsys):
+    from .test_mistakes import run_main
+
+    full = ["--model", str(tiny_model), *args] if args[0] != "--model" else args
+    code, err = run_main("app.py", *full, capsys=capsys)
+    assert code == 2 and "Traceback" not in err
+    assert all(w in err for w in words), err
