@@ -10,14 +10,13 @@ warm-up), each with its own seed; the memory is the server's peak resident set (
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
-from pipelines.cli import DEFAULT_DATA, DEFAULT_MODEL
+from pipelines.cli import DEFAULT_DATA, DEFAULT_MODEL, script_parser
 from pipelines.errors import UserError, cli_entry
 from pipelines.files import write_json
 from tools.browser import (
@@ -58,8 +57,7 @@ def screenshot(page, path: Path) -> None:
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, config=False)
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default="docs/app")

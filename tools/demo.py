@@ -10,7 +10,6 @@ OUT/report.md puts real and generated slices side by side and checks each demo t
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines.cli import script_parser
 from pipelines.config import load_config
 from pipelines.errors import cli_entry
 from pipelines.evaluation import LEVEL_ERROR_TARGET
@@ -190,8 +190,7 @@ def write_report(data: Path, out: Path) -> Path:
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, config=False)
     parser.add_argument("--data", default="data/phantom")
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--config", default="configs/demo.yaml")

@@ -11,12 +11,12 @@ generated slice of a row starts from the same noise, so only the level changes a
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pipelines.cli import script_parser
 from pipelines.data import scan, slice_positions
 from pipelines.errors import UserError, cli_entry
 from pipelines.plots import grid, save_png
@@ -56,8 +56,7 @@ def level_figure(model_dir, data, out, num_levels: int = 7, seed: int = 0) -> Pa
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, config=False)
     parser.add_argument("--model", default="outputs/demo/model")
     parser.add_argument("--data", default="data/phantom")
     parser.add_argument("--out", default="outputs/demo/levels.png")
