@@ -13,7 +13,7 @@ the source, mean absolute change inside the brain). A slice's label is its folde
 trains on --data and caches in MODEL/judge.
 """
 
-from pipelines.cli import model_script_parser, true_false
+from pipelines.cli import model_script_parser
 from pipelines.config import check_positive
 from pipelines.counterfactual import (
     DEFAULT_METHOD,
@@ -23,10 +23,11 @@ from pipelines.counterfactual import (
     read_source,
     sources_from_data,
 )
+from pipelines.counterfactual_eval import evaluate_edits, read_pairs
 from pipelines.data import load_split
 from pipelines.errors import UserError, cli_entry
 from pipelines.judge import judge_for
-from pipelines.ldm.pipeline_adni import EDIT_METHODS
+from pipelines.ldm.pipeline_adni import CHANGE_FROM, EDIT_METHODS
 from pipelines.sampling import load_pipeline, sampling_settings, saved_config
 
 
@@ -43,11 +44,16 @@ def main(argv=None):
     parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
                         help="share of the noise schedule the edit spans, in (0, 1]")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=EDIT_METHODS)
-    parser.add_argument("--keep_detail", type=true_false, default=True, metavar="{true,false}",
-                        help="add the decoded change to the source (true) or return the decoded "
-                             "edit (false)")
+    parser.add_argument("--change_from", default="null_edit", choices=CHANGE_FROM,
+                        help="the source plus the decoded edit minus: the same path under the "
+                             "source's label (null_edit), or the decoded source (reconstruction);"
+                             " or none: the decoded edit itself")
     parser.add_argument("--seed", type=int, default=0, help="SDEdit's noise")
     parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--evaluate", action="store_true", help="instead: score edits of both "
+                        "directions, the other method and the mean-difference baseline against "
+                        "--data's paired truth (tools.phantom --counterfactuals); writes "
+                        "OUT/truth.json, truth.md, truth_panel.png")
     args = parser.parse_args(argv)
     if args.scheduler is not None:
         raise UserError("--scheduler does not apply to edits: they always use DDIM (and its "
@@ -56,7 +62,9 @@ def main(argv=None):
     cfg = saved_config(args.model)
     batch_size = cfg.sample.batch_size if args.batch_size is None else args.batch_size
     check_positive(num_images=args.num_images, batch_size=batch_size)
-    if args.image:
+    if args.evaluate:
+        pairs = read_pairs(args.data)
+    elif args.image:
         sources = [read_source(path, args.label) for path in args.image]
     else:
         sources = sources_from_data(args.data, args.split, args.num_images)
@@ -67,10 +75,17 @@ def main(argv=None):
     skip = cfg.data.skip_corrupt if args.skip_corrupt is None else args.skip_corrupt
     train = load_split(args.data, "train", cfg.data.resolution, skip, progress=False)
     judge, _ = judge_for(train, cfg.eval, f"{args.model}/judge")
+    if args.evaluate:
+        out = args.out or f"{args.model}/edit_truth"
+        evaluate_edits(pipe, judge, pairs, args.data, out, settings=settings,
+                       strength=args.strength, method=args.method, seed=args.seed,
+                       batch_size=batch_size, change_from=args.change_from)
+        print(open(f"{out}/truth.md").read())
+        return
     out = args.out or f"{args.model}/edit"
     record = edit_to_folder(pipe, judge, sources, args.to, out, settings=settings,
                             strength=args.strength, method=args.method, seed=args.seed,
-                            batch_size=batch_size, keep_detail=args.keep_detail,
+                            batch_size=batch_size, change_from=args.change_from,
                             record={"model": str(args.model)})
     for note in record["converted"]:
         print(f"converted {note['file']}: {note['reason']}")

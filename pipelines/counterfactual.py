@@ -109,7 +109,7 @@ def make_editor(pipe: ADNIDiffusionPipeline) -> ADNICounterfactualPipeline:
 
 def run_edits(editor, sources: list[Source], targets: list[int], *, strength: float,
               method: str, guidance_scale: float, num_inference_steps: int, seed: int,
-              batch_size: int, keep_detail: bool = True, progress: bool = True) -> np.ndarray:
+              batch_size: int, change_from: str = "null_edit", progress: bool = True) -> np.ndarray:
     """(N, H, W) uint8 counterfactuals at each source's native size (the model's 256x240).
 
     Each slice's SDEdit noise comes from its own seed, so results do not depend on batching.
@@ -127,7 +127,7 @@ def run_edits(editor, sources: list[Source], targets: list[int], *, strength: fl
         images = editor([s.pixels for s in batch], [s.label for s in batch],
                         targets[start : start + len(batch)], strength=strength, method=method,
                         guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                        generator=gens, keep_detail=keep_detail, output_type="np").images
+                        generator=gens, change_from=change_from, output_type="np").images
         outs.append(np.rint(images[..., 0] * 255).astype(np.uint8))
     return np.concatenate(outs)
 
@@ -247,7 +247,7 @@ def save_panel(sources, edited: np.ndarray, rows: list[dict], scale: float, path
 
 def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, settings: dict,
                    strength: float, method: str, seed: int, batch_size: int,
-                   keep_detail: bool = True, record: dict | None = None) -> dict:
+                   change_from: str = "null_edit", record: dict | None = None) -> dict:
     """Edit ``sources`` towards ``to`` and write OUT/<stem>.png, OUT/difference/<stem>.png,
     OUT/panel.png and OUT/edit.json; returns the edit.json record."""
     stems = [s.path.stem for s in sources]
@@ -262,7 +262,7 @@ def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, sett
     edited = run_edits(make_editor(pipe), sources, targets, strength=strength, method=method,
                        guidance_scale=settings["guidance_scale"],
                        num_inference_steps=settings["num_inference_steps"], seed=seed,
-                       batch_size=batch_size, keep_detail=keep_detail)
+                       batch_size=batch_size, change_from=change_from)
     seconds = time.time() - t0
     rows = per_slice_numbers(sources, edited, targets, judge)
     scale = difference_scale(sources, edited)
@@ -277,7 +277,7 @@ def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, sett
     save_panel(sources, edited, rows, scale, out_dir / "panel.png", heading)
     flipped = [r["p_target_after"] > 0.5 for r in rows if r["target_label"] != r["source_label"]]
     record = {**(record or {}), "method": method, "strength": strength, "to": to,
-              "keep_detail": keep_detail, "seed": seed, **settings,
+              "change_from": change_from, "seed": seed, **settings,
               "difference_scale": round(scale, 2), "seconds": round(seconds, 1),
               "summary": {
                   "slices": len(rows),

@@ -38,6 +38,7 @@ from .slices import (  # noqa: F401  (re-exported: the data layer's names)
 LABEL_IDS = {name: i for i, name in enumerate(CLASS_NAMES)}
 SPLITS = ("train", "test")
 COUNTERFACTUAL_DIR = "counterfactual"  # paired truth beside the splits (tools.phantom): not data
+PAIRS_MANIFEST = "counterfactual.json"  # in COUNTERFACTUAL_DIR: the pairs and their severities
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 

@@ -52,3 +52,31 @@ def test_rgb_and_odd_sizes_are_converted_and_reported(tiny_model, tiny_data, tmp
     assert code == 0, err
     assert "scaled by its range" in json.loads((out / "edit.json").read_text())["converted"][0][
         "reason"]
+
+
+def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model, tiny_data,
+                                                                      tmp_path, capsys):
+    import shutil
+
+    from tools.phantom import write_phantom
+
+    data = shutil.copytree(tiny_data, tmp_path / "AD_NC")
+    write_phantom(data, train_patients=3, test_patients=2, slices=4, seed=0, workers=1,
+                  counterfactuals=1)  # the set is complete: only the pairs are written
+    out = tmp_path / "truth"
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", data, "--evaluate",
+                         "--num_inference_steps", "2", "--out", out, capsys=capsys)
+    assert code == 0, err
+    record = json.loads((out / "truth.json").read_text())
+    assert sorted(record["directions"]) == ["AD->NC", "NC->AD"]
+    for block in record["directions"].values():
+        assert block["slices"] == 4
+        rows = block["rows"]
+        assert {"edit (inversion)", "baseline: sdedit", "baseline: + mean AD-NC image", "source",
+                "VAE reconstruction", "truth", "null edit (target = source label)"} == set(rows)
+        assert rows["truth"]["mae_to_truth"] == 0 and rows["source"]["identity_ssim"] == 1
+        assert rows["null edit (target = source label)"]["mean_abs_change_in_brain"] == 0
+    assert (out / "truth.md").is_file() and (out / "truth_panel.png").is_file()
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--evaluate",
+                         "--out", tmp_path / "none", capsys=capsys)
+    assert code == 2 and "--counterfactuals" in err

@@ -47,14 +47,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pipelines.data import CLASS_NAMES, COUNTERFACTUAL_DIR, NATIVE_SIZE, SPLITS
+from pipelines.data import CLASS_NAMES, COUNTERFACTUAL_DIR, NATIVE_SIZE, PAIRS_MANIFEST, SPLITS
 from pipelines.errors import UserError, cli_entry
 from pipelines.files import atomic_path
 
 GENERATOR_VERSION = 1  # bump when the images change, so old folders are regenerated
 MANIFEST = "phantom.json"  # written last: its presence means the set is complete
 PARTIAL_MARKER = ".phantom-partial"  # present while a set is being written
-PAIRS_MANIFEST = "counterfactual.json"  # in COUNTERFACTUAL_DIR, written last there
 TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 MNI_ORIGIN = np.array([98.0, 134.0, 72.0])  # voxel index of MNI (0, 0, 0); 1 mm isotropic voxels
 

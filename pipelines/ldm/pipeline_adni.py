@@ -209,6 +209,7 @@ class ADNIDiffusionPipeline(SlicePipeline):
 
 
 EDIT_METHODS = ("inversion", "sdedit")
+CHANGE_FROM = ("null_edit", "reconstruction", "none")
 
 
 def as_slices(images) -> list[np.ndarray]:
@@ -243,9 +244,12 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
     guidance. DDIM schedulers are made from the saved scheduler's config, so the saved sampler
     is left alone. Inversion runs unguided (guidance breaks its reversibility).
 
-    ``keep_detail=True`` returns the source plus the change the edit made to the decoded image
-    (decoded edit minus decoded source latent), so pixels the edit leaves alone keep the
-    source's own detail and noise instead of the VAE's blur; ``False`` returns the decoded edit.
+    What comes back (``change_from``): "null_edit" (default) is the source plus the decoded edit
+    minus the same path denoised under the source's own label (one batch, same inverted latent
+    or noise): only the change the label makes, without the VAE's blur or the round trip's
+    drift, which both paths share, and pixels the label leaves alone keep the source's detail.
+    "reconstruction" is the source plus the decoded edit minus the decoded source latent;
+    "none" the decoded edit itself.
     """
 
     def edit_schedulers(self, num_inference_steps: int, strength: float):
@@ -280,7 +284,7 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        keep_detail: bool = True,
+        change_from: str = "null_edit",
         output_type: str = "pil",
         native_size: bool = True,
         return_dict: bool = True,
@@ -294,7 +298,7 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
             strength: share of the noise schedule the edit spans, in (0, 1]: higher changes more.
             method: "inversion" (deterministic) or "sdedit" (noise drawn from ``generator``).
             guidance_scale, num_inference_steps: default the model's saved values.
-            keep_detail: see the class docstring.
+            change_from: "null_edit", "reconstruction" or "none" (the class docstring).
             output_type: "pil", "np", "pt" or "latent" (the edited, scaled latents).
             native_size: crop to the native 256x240 (True) or keep the model's square.
 
@@ -306,6 +310,9 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         """
         if method not in EDIT_METHODS:
             raise ValueError(f"unknown method {method!r}; use one of {', '.join(EDIT_METHODS)}")
+        if change_from not in CHANGE_FROM:
+            raise ValueError(f"unknown change_from {change_from!r}; use one of "
+                             f"{', '.join(CHANGE_FROM)}")
         guidance_scale, num_inference_steps = self.check_settings(guidance_scale,
                                                                   num_inference_steps)
         self.check_output_type(output_type, extra=("latent",))
@@ -315,21 +322,25 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         forward, inverse, k = self.edit_schedulers(num_inference_steps, strength)
         start = self.encode(slices)
         if method == "inversion":
-            latents = self.denoise(start, sources, 1.0, inverse, inverse.timesteps[:k])
+            noisy = self.denoise(start, sources, 1.0, inverse, inverse.timesteps[:k])
         else:
             noise = randn_tensor(start.shape, generator=generator, device=start.device,
                                  dtype=start.dtype)
-            latents = forward.add_noise(start, noise, forward.timesteps[-k:][:1])
-        latents = self.denoise(latents, targets, guidance_scale, forward,
-                               forward.timesteps[-k:], generator)
+            noisy = forward.add_noise(start, noise, forward.timesteps[-k:][:1])
+        paired = change_from == "null_edit" and output_type != "latent"
+        if paired:  # [target, source label] from the same noisy latents, in one batch
+            noisy, targets = torch.cat([noisy, noisy]), torch.cat([targets, sources])
+        latents = self.denoise(noisy, targets, guidance_scale, forward, forward.timesteps[-k:],
+                               generator)
         if output_type == "latent":
             images = latents
-        elif keep_detail:
-            change = self.decode_latents(latents) - self.decode_latents(start)
+        elif change_from == "none":
+            images = self.postprocess(self.decode_latents(latents), output_type, native_size)
+        else:
+            edited, reference = latents.chunk(2) if paired else (latents, start)
+            change = self.decode_latents(edited) - self.decode_latents(reference)
             images = self.pixels_output(self._add_change(slices, change, native_size),
                                         output_type)
-        else:
-            images = self.postprocess(self.decode_latents(latents), output_type, native_size)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
