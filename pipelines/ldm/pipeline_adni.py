@@ -362,6 +362,6 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
                 delta = to_native(delta.astype(np.float32), size) * 127.5
                 out.append(np.clip(source + delta + 0.5, 0, 255).astype(np.uint8))
                 continue
-            edited = to_pixels(to_unit_range(torch.from_numpy(square)) + torch.from_numpy(delta))
+            edited = to_pixels(to_unit_range(torch.tensor(square)) + torch.from_numpy(delta))
             out.append(to_native(edited.numpy(), size) if native_size else edited.numpy())
         return np.stack(out)
