@@ -279,7 +279,7 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         images,
         source_labels,
         target_labels,
-        strength: float = 0.5,
+        strength: float = 0.4,
         method: str = "inversion",
         guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
