@@ -5,7 +5,8 @@ One subpackage per model, each holding its network, objective, trainer and pipel
 ``stylegan2`` (the baseline). Shared pieces are written once: ``config``, ``data``, ``slices``
 (labels, pixel ranges, the native crop), ``training`` (the one loop), ``files`` (atomic writes),
 ``hub`` (portable model folders), ``sampling``, ``metrics``, ``judge``, ``evaluation``,
-``embedding``, ``plots``.
+``embedding``, ``plots``, ``counterfactual`` (edits of real slices) and ``counterfactual_eval``
+(those edits against the stand-in set's paired truth).
 
 Names load on first use: `python -m pipelines.data` then runs its module only once.
 """
@@ -22,6 +23,7 @@ _LAZY = {
     "NULL_LABEL": "slices",
     "parse_label": "slices",
     "ADNIDiffusionPipeline": "ldm.pipeline_adni",
+    "ADNICounterfactualPipeline": "ldm.pipeline_adni",
     "StyleGAN2Pipeline": "stylegan2.pipeline_stylegan2",
     "load_pipeline": "sampling",
     "load_config": "config",

@@ -37,6 +37,8 @@ from .slices import (  # noqa: F401  (re-exported: the data layer's names)
 
 LABEL_IDS = {name: i for i, name in enumerate(CLASS_NAMES)}
 SPLITS = ("train", "test")
+COUNTERFACTUAL_DIR = "counterfactual"  # paired truth beside the splits (tools.phantom): not data
+PAIRS_MANIFEST = "counterfactual.json"  # in COUNTERFACTUAL_DIR: the pairs and their severities
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
@@ -196,6 +198,9 @@ def scan(root: str | Path, splits: tuple[str, ...] = SPLITS) -> ScanReport:
     for entry in sorted(root.iterdir()):
         if entry.is_file():
             report.skipped.append({"file": entry.name, "reason": "not inside a split folder"})
+        elif entry.name == COUNTERFACTUAL_DIR:
+            report.skipped.append({"file": entry.name + "/", "reason": "paired counterfactual "
+                                   "renderings (edit.py's truth), never training or test data"})
         elif entry.name not in SPLITS:
             report.skipped.append({"file": entry.name + "/", "reason": "not a split (train/test)"})
     for split in splits:

@@ -362,3 +362,16 @@ def diversity(images, max_pairs: int = 1000, seed: int = 0) -> tuple[str, float]
     if msssim_fits(min(images.shape[-2:])):
         return "ms_ssim", mean_pairwise_msssim(images, max_pairs, seed)
     return "ssim", mean_pairwise_ssim(images, max_pairs, seed)
+
+
+def ssim_maps(images_a, images_b) -> torch.Tensor:
+    """(N, H, W) local SSIM of each pair (a_i, b_i) (torchmetrics' full image, range 1).
+
+    Averaged over a mask it scores part of an image, e.g. a counterfactual's identity outside
+    the pixels its edit should change.
+    """
+    a, b = as_unit_images(images_a), as_unit_images(images_b)
+    _check_same_size(a, b)
+    _, full = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none",
+                                                  return_full_image=True)
+    return full[:, 0]

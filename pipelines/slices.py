@@ -122,14 +122,18 @@ class SlicePipeline(DiffusionPipeline):
     def postprocess(self, images: torch.Tensor, output_type: str, native_size: bool = True):
         """(N, 1, R, R) float in [-1, 1] -> diffusers' output types, cropped when asked."""
         if native_size:
-            pixels = to_uint8(images)
             size = tuple(self.config.native_size)
-            pixels = np.stack([to_native(p, size) for p in pixels])
-            if output_type == "pil":
-                return [Image.fromarray(p, mode="L") for p in pixels]
-            unit = torch.from_numpy(pixels).float()[:, None] / 255.0
-        else:
-            if output_type == "pil":
-                return [Image.fromarray(p, mode="L") for p in to_uint8(images)]
-            unit = (images.float().clamp(-1, 1) + 1) / 2
+            return self.pixels_output(np.stack([to_native(p, size) for p in to_uint8(images)]),
+                                      output_type)
+        if output_type == "pil":
+            return [Image.fromarray(p, mode="L") for p in to_uint8(images)]
+        unit = (images.float().clamp(-1, 1) + 1) / 2
+        return unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy()
+
+    @staticmethod
+    def pixels_output(pixels: np.ndarray, output_type: str):
+        """(N, H, W) uint8 -> diffusers' output types ("pil", "np" NHWC or "pt" NCHW in [0, 1])."""
+        if output_type == "pil":
+            return [Image.fromarray(p, mode="L") for p in pixels]
+        unit = torch.from_numpy(np.ascontiguousarray(pixels)).float()[:, None] / 255.0
         return unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy()

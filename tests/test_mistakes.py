@@ -282,6 +282,22 @@ def test_evaluation_mistakes(tiny_model, tiny_data, tmp_path, script, args, word
     assert code == 2 and all(w in err for w in words), err
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--image", "/no/such/123_1.jpeg"], ["--image /no/such/123_1.jpeg", "no such file"]),
+    (["--to", "MCI"], ["--to", "unknown label 'MCI'", "or flip"]),
+    (["--strength", "0"], ["--strength", "(0, 1]"]),
+    (["--scheduler", "ddim"], ["--scheduler", "DDIM"]),
+    (["--image", "README.md"], ["its label is unknown", "--label"]),
+    (["--image", "README.md", "--label", "MCI"], ["unknown label 'MCI'"]),
+    (["--image", "README.md", "--label", "AD"], ["not a readable image"]),
+])
+def test_edit_mistakes(tiny_model, tiny_data, tmp_path, args, words, capsys):
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--out",
+                         tmp_path / "e", *args, capsys=capsys)
+    assert code == 2 and all(w in err for w in words), err
+    assert not (tmp_path / "e").exists()
+
+
 def test_skip_corrupt_is_accepted_where_it_is_advised(tiny_model, tiny_data, tmp_path):
     run_script("embed.py", "--model", tiny_model, "--data", tiny_data, "--skip_corrupt", "true",
                "--method", "tsne", "--out", tmp_path / "e")

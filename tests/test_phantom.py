@@ -10,7 +10,15 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pipelines.data import CLASS_NAMES, NATIVE_SIZE, SPLITS, inspect_folder, patient_id
+from pipelines.data import (
+    CLASS_NAMES,
+    COUNTERFACTUAL_DIR,
+    NATIVE_SIZE,
+    SPLITS,
+    inspect_folder,
+    load_split,
+    patient_id,
+)
 from pipelines.errors import UserError
 from tools import phantom
 
@@ -18,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train_patients": 2, "test_patients": 2, "slices": 3}
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jpeg"))}
+def _files(root: Path, under: tuple[str, ...] = SPLITS) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jpeg"))
+            if p.relative_to(root).parts[0] in under}
 
 
 def _dark_fraction(pixels: np.ndarray) -> float:
@@ -130,7 +139,9 @@ def test_severity_distributions_overlap_but_differ():
 
 @pytest.mark.parametrize("kwargs", [{"train_patients": 0}, {"test_patients": -1},
                                     {"slices": 0}, {"slices": 1000}, {"seed": -1},
-                                    {"workers": 0}, {"train_patients": 2.5}])
+                                    {"workers": 0}, {"train_patients": 2.5},
+                                    {"test_patients": 2, "counterfactuals": 3},
+                                    {"counterfactuals": -1}])
 def test_bad_counts_are_user_errors(tmp_path, kwargs):
     with pytest.raises(UserError):
         phantom.write_phantom(tmp_path / "x", **kwargs)
@@ -163,3 +174,84 @@ def test_cli_refuses_a_file_as_out(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tools.phantom", "--out", str(a_file)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "is a file" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- paired truth
+
+
+@pytest.fixture(scope="module")
+def paired_set(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("paired") / "AD_NC"
+    phantom.write_phantom(out, seed=0, workers=1, counterfactuals=1, **SMALL)
+    return out
+
+
+def test_counterfactuals_leave_the_set_unchanged_and_are_deterministic(small_set, paired_set,
+                                                                      tmp_path):
+    assert _files(paired_set) == _files(small_set)  # train/ and test/: the same bytes
+    pairs = _files(paired_set, (COUNTERFACTUAL_DIR,))
+    assert sorted({Path(name).parent.name for name in pairs}) == ["AD_to_NC", "NC_to_AD"]
+    assert len(pairs) == 2 * 3
+    again = tmp_path / "again"
+    phantom.write_phantom(again, seed=0, workers=2, counterfactuals=1, **SMALL)
+    assert _files(again, (COUNTERFACTUAL_DIR,)) == pairs
+    manifest = json.loads((paired_set / COUNTERFACTUAL_DIR / phantom.PAIRS_MANIFEST).read_text())
+    assert manifest["counterfactuals"] == 1 and len(manifest["patients"]) == 2
+    for record in manifest["patients"]:
+        assert record["target"] == phantom.other_label(record["label"])
+        assert record["counterfactual_severity"] == phantom.typical_severity(record["target"])
+        for name in record["files"]:  # each truth has its source of the same name
+            source = paired_set / record["source"] / name
+            truth = paired_set / record["folder"] / name
+            with Image.open(source) as a, Image.open(truth) as b:
+                assert a.size == b.size == NATIVE_SIZE and a.mode == b.mode == "L"
+                assert a.quantization == b.quantization  # the same JPEG quality
+
+
+def test_pairs_differ_only_where_the_atrophy_acts():
+    """Rendered without JPEG: outside the pixels the atrophy warps reach or the sulcal loss can
+    touch (widened by the 0.5 px blur), the two renderings are equal to the last bit."""
+    tmpl = phantom.load_templates()
+    for label in CLASS_NAMES:
+        drawn = phantom.draw_patient(0, "test", label, 0, "100000")
+        other = phantom.counterfactual(drawn)
+        assert other.severity != drawn.severity and np.array_equal(other.size, drawn.size)
+        source, truth = phantom.render(drawn, 3), phantom.render(other, 3)
+        rows, cols = phantom._brain_box(drawn, 3, tmpl)
+        grid = phantom.frame_mm(drawn, 3, rows, cols)
+        acts = np.zeros(source.shape, dtype=bool)
+        window = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        points = [phantom.sample_points(p, tmpl, *grid) for p in (drawn, other)]
+        moved = (np.abs(points[0] - points[1]) > 0).any(0)
+        cortex = sum(phantom._sample(tmpl.cortex, p, tmpl.z0) for p in points) > 0
+        acts[window] = moved | cortex
+        acts = ndi.binary_dilation(acts, np.ones((1, 5, 5), dtype=bool))
+        changed = source != truth
+        assert changed.any() and not (changed & ~acts).any(), label
+        brain = source > 10
+        assert (~changed & brain).sum() > 0.1 * brain.sum()  # much of the brain is untouched
+        if label == "NC":  # NC -> AD: ventricles and sulci visibly open
+            assert (np.abs(source.astype(int) - truth) > 20).sum() > 1000
+
+
+def test_inspect_and_loading_ignore_the_counterfactuals(paired_set):
+    info = inspect_folder(paired_set)
+    assert info["splits"] == {s: {c: {"images": 6, "patients": 2} for c in CLASS_NAMES}
+                              for s in SPLITS}
+    assert info["problems"] == []
+    skipped = {s["file"]: s["reason"] for s in info["skipped"]}
+    assert "never training or test data" in skipped[f"{COUNTERFACTUAL_DIR}/"]
+    test = load_split(paired_set, "test", 32, progress=False)
+    assert len(test) == 12 and all(f.startswith("test/") for f in test.files)
+
+
+def test_more_counterfactuals_later_rewrite_only_them(paired_set, tmp_path, capsys):
+    import shutil
+
+    copy = shutil.copytree(paired_set, tmp_path / "copy")
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*.jpeg")
+              if p.relative_to(copy).parts[0] in SPLITS}
+    phantom.write_phantom(copy, seed=0, workers=1, counterfactuals=2, **SMALL)
+    assert "nothing to do" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime_ns for p in before}
+    assert len(_files(copy, (COUNTERFACTUAL_DIR,))) == 2 * 2 * 3

@@ -14,9 +14,20 @@ the imaged levels; it shows in the lowest slices). Severity is drawn from Beta d
 overlap (AD mean 0.6, NC mean 0.2: NC gets mild age-like changes), so the classes differ
 systematically but not trivially.
 
+Paired truth for counterfactuals (``--counterfactuals K``): the first K test patients of each
+class rendered again at the other class's typical severity (the mean of its Beta), everything else
+as drawn: anatomy, contrast, bias field, noise and JPEG quality. They are written to
+``counterfactual/<NC_to_AD|AD_to_NC>/`` under the same file names as their sources in ``test/``,
+with ``counterfactual/counterfactual.json`` holding both severities; the data layer never reads
+that folder as labelled data, and the train/test images are the same bytes with or without it.
+The per-patient brain size drawn with the severity (up to 3 % smaller) is kept as drawn, as part
+of the anatomy: so the pair differs only where the atrophy acts (ventricles, sulci, medial
+temporal lobe), and under 1 px at the 64 px the demo models work at.
+
 Same seed and counts give byte-identical files. Write the default set (2,080 slices) with::
 
-    python -m tools.phantom --out data/AD_NC_phantom [--figure docs/phantom_examples.png]
+    python -m tools.phantom --out data/AD_NC_phantom [--figure docs/phantom_examples.png] \
+        [--counterfactuals 3]
 """
 
 from __future__ import annotations
@@ -29,14 +40,14 @@ import json
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from pipelines.data import CLASS_NAMES, NATIVE_SIZE, SPLITS
+from pipelines.data import CLASS_NAMES, COUNTERFACTUAL_DIR, NATIVE_SIZE, PAIRS_MANIFEST, SPLITS
 from pipelines.errors import UserError, cli_entry
 from pipelines.files import atomic_path
 
@@ -52,6 +63,7 @@ PIXEL_MM = 0.95  # output pixel size (mm): the brain is 175-200 px tall, as in A
 T1_CSF, T1_GM, T1_WM = 0.27, 0.65, 0.86  # mean template T1 intensity of each tissue (0-1)
 SEVERITY_BETA = {"NC": (1.5, 6.0), "AD": (3.0, 2.0)}  # Beta(a, b): means 0.2 and 0.6, overlapping
 VENTRICLE_GROWTH_MM = 5.0  # how far the ventricle walls move out at severity 1
+BRAIN_SHRINK = 0.03  # whole-brain size loss at severity 1, drawn once with the anatomy
 MAX_SLICES = 40  # 40 slices span about 50 mm: still within the slab kept from the template
 
 
@@ -212,7 +224,7 @@ def draw_patient(seed: int, split: str, label: str, index: int, pid: str) -> Pat
         slice_mm=float(rng.uniform(1.1, 1.3)),
         z_shift=float(rng.normal(0.0, 1.5)),
         rotation=_rotation(*rng.normal(0.0, [3.0, 2.0, 1.5])),
-        size=rng.uniform(0.95, 1.05) * rng.uniform(0.98, 1.02, 3) * (1.0 - 0.03 * severity),
+        size=rng.uniform(0.95, 1.05) * rng.uniform(0.98, 1.02, 3) * (1.0 - BRAIN_SHRINK * severity),
         shift=rng.normal(0.0, [3.0, 3.0, 0.0]),
         warp=rng.normal(0.0, 1.6, (3, 5, 5, 2)) * decay,
         bias=rng.normal(0.0, 0.06, (3, 3, 2)),
@@ -222,6 +234,26 @@ def draw_patient(seed: int, split: str, label: str, index: int, pid: str) -> Pat
         quality=int(rng.integers(75, 96)),
         seed=(seed, SPLITS.index(split), CLASS_NAMES.index(label), index),
     )
+
+
+def typical_severity(label: str) -> float:
+    """The mean of a class's severity distribution: what a counterfactual of that class gets."""
+    a, b = SEVERITY_BETA[label]
+    return a / (a + b)
+
+
+def other_label(label: str) -> str:
+    return CLASS_NAMES[1 - CLASS_NAMES.index(label)]
+
+
+def counterfactual(patient: Patient) -> Patient:
+    """The same patient at the other class's typical severity, nothing else changed.
+
+    Severity acts only through the atrophy warps and the sulcal loss at render time, so the brain
+    box, bias field and noise draws are those of the patient as drawn: the pair differs only
+    where the atrophy acts.
+    """
+    return replace(patient, severity=typical_severity(other_label(patient.label)))
 
 
 def frame_mm(patient: Patient, slices: int, rows=None, cols=None):
@@ -376,6 +408,18 @@ class Job:
     index: int
     pid: str
     slices: int
+    counterfactual: bool = False  # render at the other class's typical severity (paired truth)
+
+    @property
+    def folder(self) -> Path:
+        if self.counterfactual:
+            return pair_folder(self.out_dir, self.label)
+        return Path(self.out_dir) / self.split / self.label
+
+
+def pair_folder(root, label: str) -> Path:
+    """Where the counterfactuals of ``label`` patients go: ``counterfactual/NC_to_AD`` etc."""
+    return Path(root) / COUNTERFACTUAL_DIR / f"{label}_to_{other_label(label)}"
 
 
 def patient_ids(seed: int, count: int) -> list[str]:
@@ -402,12 +446,19 @@ def slice_names(job: Job) -> list[str]:
 
 def write_patient(job: Job) -> dict:
     """Render and write one patient's slices; returns what the manifest records about them."""
-    patient = draw_patient(job.seed, job.split, job.label, job.index, job.pid)
-    folder = Path(job.out_dir) / job.split / job.label
-    for name, pixels in zip(slice_names(job), render(patient, job.slices), strict=True):
-        write_atomic(folder / name, encode_jpeg(pixels, patient.quality))
-    return {"patient": job.pid, "split": job.split, "label": job.label,
-            "severity": round(patient.severity, 4)}
+    drawn = draw_patient(job.seed, job.split, job.label, job.index, job.pid)
+    patient = counterfactual(drawn) if job.counterfactual else drawn
+    names = slice_names(job)
+    for name, pixels in zip(names, render(patient, job.slices), strict=True):
+        write_atomic(job.folder / name, encode_jpeg(pixels, patient.quality))
+    record = {"patient": job.pid, "split": job.split, "label": job.label,
+              "severity": round(drawn.severity, 4)}
+    if job.counterfactual:
+        record |= {"target": other_label(job.label),
+                   "counterfactual_severity": round(patient.severity, 4),
+                   "source": f"{job.split}/{job.label}",
+                   "folder": job.folder.relative_to(job.out_dir).as_posix(), "files": names}
+    return record
 
 
 def _params(train_patients: int, test_patients: int, slices: int, seed: int) -> dict:
@@ -416,8 +467,9 @@ def _params(train_patients: int, test_patients: int, slices: int, seed: int) -> 
             "seed": seed}
 
 
-def _check(train_patients, test_patients, slices, seed, workers) -> None:
-    """Every count must be a positive integer (slices at most MAX_SLICES); seed >= 0."""
+def _check(train_patients, test_patients, slices, seed, workers, counterfactuals=0) -> None:
+    """Every count must be a positive integer (slices at most MAX_SLICES); seed >= 0;
+    counterfactuals from 0 to the test patients per class."""
     for name, value in (("train_patients", train_patients), ("test_patients", test_patients),
                         ("slices", slices), ("workers", workers)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -429,11 +481,15 @@ def _check(train_patients, test_patients, slices, seed, workers) -> None:
         raise UserError(f"--seed must be a non-negative integer, got {seed!r}")
     if 2 * (train_patients + test_patients) > 100_000:
         raise UserError("at most 50,000 patients per class in train and test together")
+    if isinstance(counterfactuals, bool) or not isinstance(counterfactuals, (int, np.integer)) \
+            or not 0 <= counterfactuals <= test_patients:
+        raise UserError(f"--counterfactuals must be an integer from 0 to --test_patients "
+                        f"({test_patients}), got {counterfactuals!r}")
 
 
-def _read_manifest(out: Path) -> dict | None:
+def _read_manifest(out: Path, name: str = MANIFEST) -> dict | None:
     try:
-        return json.loads((out / MANIFEST).read_text())
+        return json.loads((out / name).read_text())
     except (OSError, ValueError):
         return None
 
@@ -445,8 +501,15 @@ def _counts(jobs: list[Job]) -> dict:
     return counts
 
 
-def _expected(out: Path, jobs: list[Job]) -> set[Path]:
-    return {out / job.split / job.label / name for job in jobs for name in slice_names(job)}
+def _expected(jobs: list[Job]) -> set[Path]:
+    return {job.folder / name for job in jobs for name in slice_names(job)}
+
+
+def _is_complete(out: Path, name: str, params: dict, jobs: list[Job]) -> bool:
+    """Whether ``out`` holds a manifest for ``params`` and every file of ``jobs``."""
+    manifest = _read_manifest(out, name) if out.is_dir() else None
+    return bool(manifest) and all(manifest.get(k) == v for k, v in params.items()) \
+        and all(path.is_file() for path in _expected(jobs))
 
 
 def _claim(out: Path, params: dict) -> None:
@@ -465,58 +528,93 @@ def _claim(out: Path, params: dict) -> None:
         raise UserError(f"cannot write to --out {out}: {err.strerror or err}") from None
 
 
-def _remove_stale(out: Path, keep: set[Path]) -> int:
+def _remove_stale(folders, keep: set[Path]) -> int:
     """Delete images and temporaries of an earlier, different or interrupted run."""
     removed = 0
-    for split in SPLITS:
-        for label in CLASS_NAMES:
-            folder = out / split / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for path in folder.iterdir():
-                stale = path.suffix == ".jpeg" and path not in keep
-                if stale or path.name.endswith(".tmp"):
-                    path.unlink()
-                    removed += 1
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in folder.iterdir():
+            stale = path.suffix == ".jpeg" and path not in keep
+            if stale or path.name.endswith(".tmp"):
+                path.unlink()
+                removed += 1
     return removed
 
 
-def write_phantom(out_dir, train_patients: int = 42, test_patients: int = 10, slices: int = 20,
-                  seed: int = 0, workers: int = 2) -> dict:
-    """Write the stand-in set to ``out_dir``; returns image counts {split: {class: n}}.
-
-    ``train_patients`` and ``test_patients`` are per class. A folder that already holds the
-    complete set for the same parameters is left as it is.
-    """
-    _check(train_patients, test_patients, slices, seed, workers)
-    out = Path(out_dir)
-    params = _params(train_patients, test_patients, slices, seed)
-    jobs = plan(out, train_patients, test_patients, slices, seed)
-    expected = _expected(out, jobs)
-    manifest = _read_manifest(out) if out.is_dir() else None
-    if manifest and all(manifest.get(k) == v for k, v in params.items()):
-        if all(path.is_file() for path in expected):
-            print(f"{out} already holds this stand-in set ({MANIFEST}); nothing to do")
-            return _counts(jobs)
-    _claim(out, params)
-    if _remove_stale(out, expected):
-        print(f"removed the images of an earlier, different or interrupted run in {out}")
+def _write_jobs(jobs: list[Job], workers: int) -> tuple[list[dict], float]:
+    """Write every job's slices (in ``workers`` processes); (manifest records, seconds)."""
     start = time.perf_counter()
     load_templates()  # once in this process: forked workers inherit it
     if workers == 1:
-        patients = [write_patient(job) for job in jobs]
+        records = [write_patient(job) for job in jobs]
     else:
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
         with context.Pool(workers) as pool:
-            patients = pool.map(write_patient, jobs, chunksize=1)
-    seconds = time.perf_counter() - start
+            records = pool.map(write_patient, jobs, chunksize=1)
+    return records, time.perf_counter() - start
+
+
+def write_phantom(out_dir, train_patients: int = 42, test_patients: int = 10, slices: int = 20,
+                  seed: int = 0, workers: int = 2, counterfactuals: int = 0) -> dict:
+    """Write the stand-in set to ``out_dir``; returns image counts {split: {class: n}}.
+
+    ``train_patients`` and ``test_patients`` are per class. A folder that already holds the
+    complete set for the same parameters is left as it is. ``counterfactuals``: also write the
+    paired truth of that many test patients per class (:func:`write_counterfactuals`).
+    """
+    _check(train_patients, test_patients, slices, seed, workers, counterfactuals)
+    out = Path(out_dir)
+    params = _params(train_patients, test_patients, slices, seed)
+    jobs = plan(out, train_patients, test_patients, slices, seed)
     counts = _counts(jobs)
-    manifest = {**params, "counts": counts, "seconds": round(seconds, 1), "patients": patients}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    (out / PARTIAL_MARKER).unlink(missing_ok=True)
-    total = sum(n for cell in counts.values() for n in cell.values())
-    print(f"wrote {total} slices from {len(jobs)} patients to {out} in {seconds:.1f} s "
-          f"({workers} worker{'s' if workers > 1 else ''})")
+    if _is_complete(out, MANIFEST, params, jobs):
+        print(f"{out} already holds this stand-in set ({MANIFEST}); nothing to do")
+    else:
+        _claim(out, params)
+        folders = [out / split / label for split in SPLITS for label in CLASS_NAMES]
+        if _remove_stale(folders, _expected(jobs)):
+            print(f"removed the images of an earlier, different or interrupted run in {out}")
+        patients, seconds = _write_jobs(jobs, workers)
+        manifest = {**params, "counts": counts, "seconds": round(seconds, 1),
+                    "patients": patients}
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        (out / PARTIAL_MARKER).unlink(missing_ok=True)
+        total = sum(n for cell in counts.values() for n in cell.values())
+        print(f"wrote {total} slices from {len(jobs)} patients to {out} in {seconds:.1f} s "
+              f"({workers} worker{'s' if workers > 1 else ''})")
+    if counterfactuals:
+        write_counterfactuals(out, params, jobs, counterfactuals, workers)
     return counts
+
+
+def write_counterfactuals(out: Path, params: dict, jobs: list[Job], per_class: int,
+                          workers: int) -> Path:
+    """The paired truth: the first ``per_class`` test patients of each class at the other class's
+    typical severity, in ``out/counterfactual/``; returns its manifest's path.
+
+    Written after the set itself, with its own manifest (last), so asking for more or fewer
+    pairs never rewrites the train/test images.
+    """
+    params = {**params, "counterfactuals": per_class}
+    pairs = [replace(job, counterfactual=True) for job in jobs
+             if job.split == "test" and job.index < per_class]
+    folder = out / COUNTERFACTUAL_DIR
+    if _is_complete(folder, PAIRS_MANIFEST, params, pairs):
+        print(f"{folder} already holds these counterfactuals; nothing to do")
+        return folder / PAIRS_MANIFEST
+    folder.mkdir(exist_ok=True)
+    (folder / PAIRS_MANIFEST).unlink(missing_ok=True)
+    _remove_stale([pair_folder(out, label) for label in CLASS_NAMES], _expected(pairs))
+    records, seconds = _write_jobs(pairs, workers)
+    severities = {label: round(typical_severity(other_label(label)), 4) for label in CLASS_NAMES}
+    manifest = {**params, "severity_of_target": {other_label(k): v for k, v in severities.items()},
+                "note": "each file is the patient of the same name in its source folder, "
+                        "rendered at counterfactual_severity; nothing else differs",
+                "seconds": round(seconds, 1), "patients": records}
+    (folder / PAIRS_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote the counterfactuals of {len(pairs)} test patients to {folder} in "
+          f"{seconds:.1f} s")
+    return folder / PAIRS_MANIFEST
 
 
 # ----------------------------------------------------------------------------- figure
@@ -573,9 +671,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes")
     parser.add_argument("--figure", help="also save a PNG of example slices (AD and NC) here")
+    parser.add_argument("--counterfactuals", type=int, default=0,
+                        help="test patients per class also rendered at the other class's "
+                             "severity, in OUT/counterfactual/ (the truth edit.py is measured "
+                             "against)")
     args = parser.parse_args(argv)
     write_phantom(args.out, args.train_patients, args.test_patients, args.slices, args.seed,
-                  args.workers)
+                  args.workers, args.counterfactuals)
     if args.figure:
         print(f"saved {examples_figure(args.out, args.figure)}")
     return 0

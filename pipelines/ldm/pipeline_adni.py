@@ -1,4 +1,5 @@
-"""ADNIDiffusionPipeline: class-conditioned latent diffusion of AD / NC brain slices.
+"""ADNIDiffusionPipeline: class-conditioned latent diffusion of AD / NC brain slices, and
+ADNICounterfactualPipeline: the same components editing real slices towards the other label.
 
 Portable: imports only torch, numpy, Pillow, diffusers and ``slices`` (copied beside it), so a
 saved model folder carries this file and loads in plain diffusers::
@@ -6,6 +7,8 @@ saved model folder carries this file and loads in plain diffusers::
     from diffusers import DiffusionPipeline
     pipe = DiffusionPipeline.from_pretrained("outputs/demo/model", trust_remote_code=True)
     images = pipe(["AD", "NC"], generator=torch.manual_seed(0)).images
+    edit = sys.modules[type(pipe).__module__].ADNICounterfactualPipeline.from_pipe(pipe)
+    counterfactuals = edit(images, "NC", "AD", strength=0.5).images
     # a level-conditioned model: each slice at its level in the stack (0 lowest, 1 highest)
     images = pipe(["AD", "AD"], slice_positions=[0.1, 0.9], generator=torch.manual_seed(0)).images
 """
@@ -18,17 +21,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (
+    AutoencoderKL,
+    DDIMInverseScheduler,
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     ImagePipelineOutput,
+    SchedulerMixin,
     UNet2DConditionModel,
+    UNet2DModel,
 )
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..slices import CLASS_NAMES, NATIVE_SIZE, SlicePipeline
+from ..slices import (
+    CLASS_NAMES,
+    NATIVE_SIZE,
+    SlicePipeline,
+    to_model_input,
+    to_native,
+    to_pixels,
+    to_unit_range,
+)
 
 SCHEDULERS = {
     "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
@@ -136,9 +151,11 @@ class ADNIDiffusionPipeline(SlicePipeline):
 
     model_cpu_offload_seq = "unet->vae"
 
-    def __init__(self, vae, unet, scheduler, class_names=CLASS_NAMES, native_size=NATIVE_SIZE,
+    def __init__(self, vae: AutoencoderKL, unet: UNet2DModel | UNet2DConditionModel,
+                 scheduler: SchedulerMixin, class_names=CLASS_NAMES, native_size=NATIVE_SIZE,
                  guidance_scale: float = 2.0, num_inference_steps: int = 20,
                  level_conditioned: bool | None = None):
+        # typed: from_pipe hands over only components whose type matches
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=list(class_names), native_size=list(native_size),
@@ -218,19 +235,12 @@ class ADNIDiffusionPipeline(SlicePipeline):
         Returns:
             ImagePipelineOutput with ``images``.
         """
-        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        num_inference_steps = (self.config.num_inference_steps if num_inference_steps is None
-                               else num_inference_steps)
+        guidance_scale, num_inference_steps = self.check_settings(guidance_scale,
+                                                                  num_inference_steps)
         self.check_output_type(output_type, extra=("latent",))
         if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
             raise ValueError(f"num_images_per_label must be an integer >= 1, "
                              f"got {num_images_per_label!r}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, "
-                             f"got {num_inference_steps!r}")
-        if not (math.isfinite(guidance_scale) and guidance_scale >= 1):
-            raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), "
-                             f"got {guidance_scale}")
         if slice_positions is not None and not self.level_conditioned:
             raise ValueError("this model is label-only (trained without slice levels); leave out "
                              "slice_positions, or train one with --unet.level_conditioning true")
@@ -247,22 +257,46 @@ class ADNIDiffusionPipeline(SlicePipeline):
                                            generator).to(device)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
-        guided = guidance_scale > 1
-        if guided:  # one batched UNet call: [unconditional, conditional]
-            labels = torch.cat([torch.full_like(labels, self.null_label), labels])
-            positions = None if positions is None else torch.cat([positions, positions])
-        conditioning = condition_inputs(self.unet, labels, positions)  # built once, not per step
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            out = self.unet(model_input, t, **conditioning).sample
-            if guided:
-                out = guide(*out.chunk(2), guidance_scale)
-            latents = self.scheduler.step(out, t, latents, generator=generator).prev_sample
+        latents = self.denoise(latents, labels, guidance_scale, self.scheduler,
+                               self.scheduler.timesteps, generator, positions)
         images = latents if output_type == "latent" else \
             self.postprocess(self.decode_latents(latents), output_type, native_size)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def check_settings(self, guidance_scale, num_inference_steps) -> tuple[float, int]:
+        """(guidance, steps): the model's saved values where None, checked (ValueError)."""
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        num_inference_steps = (self.config.num_inference_steps if num_inference_steps is None
+                               else num_inference_steps)
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, "
+                             f"got {num_inference_steps!r}")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 1):
+            raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), "
+                             f"got {guidance_scale}")
+        return float(guidance_scale), num_inference_steps
+
+    def denoise(self, latents: torch.Tensor, labels: torch.Tensor, guidance_scale: float,
+                scheduler, timesteps, generator=None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The sampling loop: ``scheduler`` steps over ``timesteps``, each one batched UNet call
+        on [unconditional, conditional] when guided (DDIMInverseScheduler runs it backwards).
+        ``positions``: a level-conditioned model's slice levels, one per latent."""
+        guided = guidance_scale > 1
+        if guided:
+            labels = torch.cat([torch.full_like(labels, self.null_label), labels])
+            positions = None if positions is None else torch.cat([positions, positions])
+        conditioning = condition_inputs(self.unet, labels, positions)  # built once, not per step
+        extra = {} if isinstance(scheduler, DDIMInverseScheduler) else {"generator": generator}
+        for t in self.progress_bar(timesteps):
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            out = self.unet(model_input, t, **conditioning).sample
+            if guided:
+                out = guide(*out.chunk(2), guidance_scale)
+            latents = scheduler.step(out, t, latents, **extra).prev_sample
+        return latents
 
     def decode_latents(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Scaled latents -> (N, 1, R, R) float images in [-1, 1]."""
@@ -270,3 +304,165 @@ class ADNIDiffusionPipeline(SlicePipeline):
         outs = [self.vae.decode(chunk.to(self.vae.dtype) / scale).sample.float().clamp(-1, 1)
                 for chunk in latents.split(batch_size)]
         return torch.cat(outs).cpu()
+
+
+EDIT_METHODS = ("inversion", "sdedit")
+CHANGE_FROM = ("null_edit", "reconstruction", "none")
+
+
+def as_slices(images) -> list[np.ndarray]:
+    """One image or a list: 8-bit greyscale PIL images or (H, W) uint8 arrays -> arrays."""
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2 or \
+            not isinstance(images, (list, tuple, np.ndarray, torch.Tensor)):
+        images = [images]
+    out = []
+    for image in images:
+        if hasattr(image, "mode"):  # PIL
+            if image.mode != "L":
+                raise ValueError(f"images must be 8-bit greyscale (mode L), got mode "
+                                 f"{image.mode}; convert them first (image.convert('L'))")
+            image = np.asarray(image)
+        image = np.asarray(image)
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise ValueError(f"each image must be (H, W) uint8, got {image.shape} {image.dtype}")
+        out.append(image)
+    if not out:
+        raise ValueError("images is empty; give at least one slice")
+    return out
+
+
+class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
+    """Edit real slices towards another label: "this brain, with (or without) AD".
+
+    The image-to-image pattern of diffusers on the generator's own components (make it with
+    ``ADNICounterfactualPipeline.from_pipe(pipe)``). Each slice is encoded with the VAE (posterior
+    mean), taken to noise level ``strength`` either by DDIM inversion under its own label
+    (Song et al. 2021; as in Dhinagar et al. 2024 for AD on ADNI) or by adding noise (SDEdit,
+    Meng et al. 2022), then denoised by DDIM under the target label with classifier-free
+    guidance. DDIM schedulers are made from the saved scheduler's config, so the saved sampler
+    is left alone. Inversion runs unguided (guidance breaks its reversibility).
+
+    What comes back (``change_from``): "null_edit" (default) is the source plus the decoded edit
+    minus the same path denoised under the source's own label (one batch, same inverted latent
+    or noise): only the change the label makes, without the VAE's blur or the round trip's
+    drift, which both paths share, and pixels the label leaves alone keep the source's detail.
+    "reconstruction" is the source plus the decoded edit minus the decoded source latent;
+    "none" the decoded edit itself.
+    """
+
+    def edit_schedulers(self, num_inference_steps: int, strength: float):
+        """(DDIM, its inverse, k): paired DDIM schedules whose last ``k`` steps are the edit."""
+        if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+        config = dict(self.scheduler.config)
+        forward = DDIMScheduler.from_config(config, clip_sample=False, timestep_spacing="leading")
+        inverse = DDIMInverseScheduler.from_config(config, clip_sample=False,
+                                                   timestep_spacing="leading")
+        device = self._execution_device
+        forward.set_timesteps(num_inference_steps, device=device)
+        inverse.set_timesteps(num_inference_steps, device=device)
+        return forward, inverse, max(1, round(num_inference_steps * strength))
+
+    @torch.no_grad()
+    def encode(self, images) -> torch.Tensor:
+        """Slices -> scaled latents (the VAE posterior mean), at the model's resolution."""
+        pixels = np.stack([to_model_input(p, self.resolution) for p in as_slices(images)])
+        x = to_unit_range(torch.from_numpy(pixels)[:, None]).to(self._execution_device,
+                                                               self.vae.dtype)
+        return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images,
+        source_labels,
+        target_labels,
+        strength: float = 0.4,
+        method: str = "inversion",
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        change_from: str = "null_edit",
+        output_type: str = "pil",
+        native_size: bool = True,
+        return_dict: bool = True,
+    ):
+        """The counterfactual of each slice under ``target_labels``.
+
+        Args:
+            images: 8-bit greyscale slices (PIL mode L or (H, W) uint8), one or a list; any
+                size (padded to a square and resized as the training data was).
+            source_labels, target_labels: names or ids, one for all or one per image.
+            strength: share of the noise schedule the edit spans, in (0, 1]: higher changes more.
+            method: "inversion" (deterministic) or "sdedit" (noise drawn from ``generator``).
+            guidance_scale, num_inference_steps: default the model's saved values.
+            change_from: "null_edit", "reconstruction" or "none" (the class docstring).
+            output_type: "pil", "np", "pt" or "latent" (the edited, scaled latents).
+            native_size: crop to the native 256x240 (True) or keep the model's square.
+
+        Returns:
+            ImagePipelineOutput with ``images``.
+
+        >>> edit = ADNICounterfactualPipeline.from_pipe(pipe)
+        >>> ad = edit(nc_slices, "NC", "AD", strength=0.5).images
+        """
+        if self.level_conditioned:  # its UNet needs each slice's level, which edits lack yet
+            raise ValueError("counterfactual edits of a level-conditioned model are not supported "
+                             "yet; edit with a label-only model")
+        if method not in EDIT_METHODS:
+            raise ValueError(f"unknown method {method!r}; use one of {', '.join(EDIT_METHODS)}")
+        if change_from not in CHANGE_FROM:
+            raise ValueError(f"unknown change_from {change_from!r}; use one of "
+                             f"{', '.join(CHANGE_FROM)}")
+        guidance_scale, num_inference_steps = self.check_settings(guidance_scale,
+                                                                  num_inference_steps)
+        self.check_output_type(output_type, extra=("latent",))
+        slices = as_slices(images)
+        sources, targets = (self._per_image(labels, len(slices))
+                            for labels in (source_labels, target_labels))
+        forward, inverse, k = self.edit_schedulers(num_inference_steps, strength)
+        start = self.encode(slices)
+        if method == "inversion":
+            noisy = self.denoise(start, sources, 1.0, inverse, inverse.timesteps[:k])
+        else:
+            noise = randn_tensor(start.shape, generator=generator, device=start.device,
+                                 dtype=start.dtype)
+            noisy = forward.add_noise(start, noise, forward.timesteps[-k:][:1])
+        paired = change_from == "null_edit" and output_type != "latent"
+        if paired:  # [target, source label] from the same noisy latents, in one batch
+            noisy, targets = torch.cat([noisy, noisy]), torch.cat([targets, sources])
+        latents = self.denoise(noisy, targets, guidance_scale, forward, forward.timesteps[-k:],
+                               generator)
+        if output_type == "latent":
+            images = latents
+        elif change_from == "none":
+            images = self.postprocess(self.decode_latents(latents), output_type, native_size)
+        else:
+            edited, reference = latents.chunk(2) if paired else (latents, start)
+            change = self.decode_latents(edited) - self.decode_latents(reference)
+            images = self.pixels_output(self._add_change(slices, change, native_size),
+                                        output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _per_image(self, labels, n: int) -> torch.Tensor:
+        ids = self.label_ids(labels)
+        if len(ids) not in (1, n):
+            raise ValueError(f"give one label or one per image ({n}), got {len(ids)}")
+        return torch.tensor(ids * n if len(ids) == 1 else ids, device=self._execution_device)
+
+    def _add_change(self, slices: list[np.ndarray], change: torch.Tensor,
+                    native_size: bool) -> np.ndarray:
+        """Each source plus its (N, 1, R, R) change, at the source's native size when it has it
+        (the change resized up), else at the model's square (cropped when asked)."""
+        size = tuple(self.config.native_size)
+        out = []
+        for source, delta in zip(slices, change[:, 0].numpy(), strict=True):
+            square = to_model_input(source, self.resolution)
+            if native_size and source.shape == size[::-1]:
+                delta = to_native(delta.astype(np.float32), size) * 127.5
+                out.append(np.clip(source + delta + 0.5, 0, 255).astype(np.uint8))
+                continue
+            edited = to_pixels(to_unit_range(torch.tensor(square)) + torch.from_numpy(delta))
+            out.append(to_native(edited.numpy(), size) if native_size else edited.numpy())
+        return np.stack(out)

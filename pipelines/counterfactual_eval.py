@@ -1,0 +1,198 @@
+"""Counterfactual edits measured against the truth: the stand-in set's paired renderings.
+
+No real patient has both an AD and an NC scan, but the stand-in generator can render a test
+patient again at the other class's severity (``tools.phantom --counterfactuals K``, in
+``DATA/counterfactual/``). Per direction (NC->AD, AD->NC) this module scores the model's edit,
+the other edit method at the same strength, and adding the training set's mean AD-minus-NC image,
+with the source itself (and its VAE reconstruction) as the reference a useful edit must beat:
+
+- flip rate: the judge calls the result the target label (p > 0.5);
+- closeness to the truth: SSIM and mean absolute error (grey levels, inside the brain) to the true
+  counterfactual, and the share of slices closer to it than the source is;
+- localisation: ROC-AUC of |result - source| against the truly changed pixels (|truth - source|
+  above CHANGED_LEVEL grey levels, inside the brain), pooled over the direction's slices;
+- identity: SSIM to the source over the brain outside the truly changed pixels;
+- the null edit (target = the source's own label): its mean absolute change in the brain.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .counterfactual import (
+    Source,
+    brain_mask,
+    judge_target_probability,
+    make_editor,
+    masked_mean,
+    read_source,
+    run_edits,
+)
+from .data import CLASS_NAMES, COUNTERFACTUAL_DIR, PAIRS_MANIFEST, decode_slice, scan
+from .errors import UserError
+from .files import write_json, write_text
+from .ldm.pipeline_adni import EDIT_METHODS
+from .metrics import ssim_maps
+from .plots import grid, save_png
+from .runs import prepare_output_dir
+
+CHANGED_LEVEL = 20  # grey levels: |truth - source| above this is a truly changed pixel
+
+
+def read_pairs(root) -> dict[str, tuple[list[Source], np.ndarray]]:
+    """{"NC->AD": (sources, truths (N, H, W) uint8), "AD->NC": ...} from DATA/counterfactual/."""
+    root = Path(root)
+    path = root / COUNTERFACTUAL_DIR / PAIRS_MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is missing or unreadable: --evaluate needs the paired truth; "
+                        f"write it with python -m tools.phantom --out {root} "
+                        "--counterfactuals 3 (and the set's own counts and seed)") from None
+    pairs: dict[str, tuple[list[Source], list[np.ndarray]]] = {}
+    for record in manifest["patients"]:
+        sources, truths = pairs.setdefault(f"{record['label']}->{record['target']}", ([], []))
+        for name in record["files"]:
+            sources.append(read_source(root / record["source"] / name, record["label"]))
+            with Image.open(root / record["folder"] / name) as image:
+                truths.append(decode_slice(image)[0])
+    return {key: (sources, np.stack(truths)) for key, (sources, truths) in sorted(pairs.items())}
+
+
+def mean_class_difference(root) -> np.ndarray:
+    """(H, W) float: the mean AD slice minus the mean NC slice of the train split (native size)."""
+    sums = {}
+    for f in scan(root, splits=("train",)).files:
+        with Image.open(f.path) as image:
+            pixels = decode_slice(image)[0].astype(np.float64)
+        total, count = sums.get(f.label, (0.0, 0))
+        sums[f.label] = (total + pixels, count + 1)
+    ad, nc = (sums[CLASS_NAMES.index(n)][0] / sums[CLASS_NAMES.index(n)][1] for n in ("AD", "NC"))
+    return ad - nc
+
+
+def _roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(roc_auc_score(positive, scores))
+
+
+def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, judge) -> dict:
+    """Every number of one candidate in one direction (see the module docstring)."""
+    result, src, truth = (x.astype(np.float64) for x in (result, sources, truths))
+    brain = brain_mask(sources) | brain_mask(truths)
+    changed = (np.abs(truth - src) > CHANGED_LEVEL) & brain
+    ssim_truth = ssim_maps(torch.from_numpy(result.astype(np.uint8))[:, None],
+                           torch.from_numpy(truths)[:, None]).numpy()
+    ssim_source = ssim_maps(torch.from_numpy(result.astype(np.uint8))[:, None],
+                            torch.from_numpy(sources)[:, None]).numpy()
+    mae = np.array([masked_mean(np.abs(r - t), b) for r, t, b in zip(result, truth, brain,
+                                                                     strict=True)])
+    mae_source = np.array([masked_mean(np.abs(s - t), b) for s, t, b in zip(src, truth, brain,
+                                                                           strict=True)])
+    kept = brain & ~changed
+    return {
+        "flip_rate": float((judge_target_probability(judge, result.astype(np.uint8), targets)
+                            > 0.5).mean()),
+        "ssim_to_truth": float(ssim_truth.mean()),
+        "mae_to_truth": float(np.nanmean(mae)),
+        "closer_than_source": float((mae < mae_source).mean()),
+        "localisation_auc": _roc_auc(np.abs(result - src)[brain], changed[brain]),
+        "identity_ssim": float(np.mean([masked_mean(q, k) for q, k in zip(ssim_source, kept,
+                                                                           strict=True)])),
+        "mean_abs_change_in_brain": float(np.mean([masked_mean(np.abs(r - s), b) for r, s, b
+                                                   in zip(result, src, brain, strict=True)])),
+    }
+
+
+def reconstructions(editor, sources: list[Source], batch_size: int) -> np.ndarray:
+    """(N, H, W) uint8: each source through the VAE and back, at the native size."""
+    outs = []
+    for start in range(0, len(sources), batch_size):
+        latents = editor.encode([s.pixels for s in sources[start : start + batch_size]])
+        outs.append(editor.postprocess(editor.decode_latents(latents), "np")[..., 0])
+    return np.rint(np.concatenate(outs) * 255).astype(np.uint8)
+
+
+def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: dict,
+                   strength: float, method: str, seed: int, batch_size: int,
+                   change_from: str = "null_edit") -> dict:
+    """Score the edit, its baselines and the null edit against the paired truth (``pairs``:
+    :func:`read_pairs` of ``data_root``); writes
+    OUT/truth.json, OUT/truth.md and OUT/truth_panel.png (source | edit | truth | their
+    changes); returns the truth.json record."""
+    t0 = time.time()
+    out_dir = prepare_output_dir(out_dir, "truth.json")
+    mean_diff = mean_class_difference(data_root)
+    editor = make_editor(pipe)
+    other = [m for m in EDIT_METHODS if m != method][0]
+    kwargs = {"strength": strength, "guidance_scale": settings["guidance_scale"],
+              "num_inference_steps": settings["num_inference_steps"], "seed": seed,
+              "batch_size": batch_size, "change_from": change_from, "progress": False}
+    record = {"method": method, "strength": strength, "change_from": change_from, **settings,
+              "changed_level": CHANGED_LEVEL, "directions": {}}
+    panel_rows = []
+    for direction, (sources, truths) in pairs.items():
+        targets = [CLASS_NAMES.index(direction.split("->")[1])] * len(sources)
+        src = np.stack([s.pixels for s in sources])
+        sign = 1.0 if direction.endswith("AD") else -1.0
+        candidates = {
+            f"edit ({method})": run_edits(editor, sources, targets, method=method, **kwargs),
+            f"baseline: {other}": run_edits(editor, sources, targets, method=other, **kwargs),
+            "baseline: + mean AD-NC image": np.clip(src + sign * mean_diff + 0.5, 0,
+                                                   255).astype(np.uint8),
+            "source": src,
+            "VAE reconstruction": reconstructions(editor, sources, batch_size),
+            "truth": truths,
+        }
+        rows = {name: score(result, src, truths, targets, judge)
+                for name, result in candidates.items()}
+        null = run_edits(editor, sources, [s.label for s in sources], method=method, **kwargs)
+        rows["null edit (target = source label)"] = score(null, src, truths,
+                                                          [s.label for s in sources], judge)
+        record["directions"][direction] = {"slices": len(sources), "rows": rows}
+        edit = candidates[f"edit ({method})"]
+        middle = len(sources) // 2
+        panel_rows.append(_panel_row(src[middle], edit[middle], truths[middle]))
+    record["seconds"] = round(time.time() - t0, 1)
+    write_json(out_dir / "truth.json", record)
+    write_text(out_dir / "truth.md", truth_table(record))
+    save_png(grid(np.concatenate(panel_rows), nrow=5), out_dir / "truth_panel.png")
+    return record
+
+
+def _panel_row(source, edit, truth) -> np.ndarray:
+    """Source, edit, truth, edit - source and truth - source (mid grey = no change, +-64)."""
+    def change(x):
+        return np.clip(128 + 2 * (x.astype(float) - source), 0, 255).astype(np.uint8)
+
+    return np.stack([source, edit, truth, change(edit), change(truth)])
+
+
+def truth_table(record: dict) -> str:
+    """truth.json as markdown: one table per direction."""
+    names = {"flip_rate": "flip rate", "ssim_to_truth": "SSIM to truth",
+             "mae_to_truth": "MAE to truth", "closer_than_source": "closer than source",
+             "localisation_auc": "localisation AUC", "identity_ssim": "identity SSIM",
+             "mean_abs_change_in_brain": "mean change in brain"}
+    lines = [f"Edits: {record['method']}, strength {record['strength']}, guidance "
+             f"{record['guidance_scale']}, {record['num_inference_steps']} DDIM steps, "
+             f"change from {record['change_from']}. MAE and change in grey levels inside the "
+             f"brain; truly changed pixels: |truth - source| > {record['changed_level']}.", ""]
+    for direction, block in record["directions"].items():
+        lines += [f"**{direction}** ({block['slices']} slices)", "",
+                  "| | " + " | ".join(names.values()) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        for name, row in block["rows"].items():
+            cells = [f"{row[k]:.3f}" if row[k] == row[k] else "n/a" for k in names]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)

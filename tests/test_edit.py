@@ -1,0 +1,82 @@
+"""edit.py on the tiny model: every output at the native size, conversions reported."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines.slices import NATIVE_SIZE
+
+from .test_mistakes import run_main
+
+
+def test_edit_writes_every_output_at_native_size(tiny_model, tiny_data, tmp_path, capsys):
+    out = tmp_path / "edit"
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--num_images",
+                         "3", "--num_inference_steps", "2", "--out", out, capsys=capsys)
+    assert code == 0, err
+    record = json.loads((out / "edit.json").read_text())
+    assert record["summary"]["slices"] == 3 and record["to"] == "flip"
+    for row in record["slices"]:
+        assert row["target_label"] != row["source_label"]
+        assert 0 <= row["p_target_before"] <= 1 and 0 <= row["p_target_after"] <= 1
+        assert -1 <= row["ssim_to_source"] <= 1 and row["mean_abs_change_in_brain"] >= 0
+        with Image.open(out / row["output"]) as image:
+            assert image.format == "PNG" and image.mode == "L" and image.size == NATIVE_SIZE
+        assert Path(row["output"]).stem == Path(row["file"]).stem  # named after its source
+        assert (out / row["difference"]).is_file()
+    assert (out / "panel.png").is_file()
+
+
+def test_rgb_and_odd_sizes_are_converted_and_reported(tiny_model, tiny_data, tmp_path, capsys):
+    nc = sorted((Path(tiny_data) / "test" / "NC").glob("*.jpeg"))[0]
+    grey = np.asarray(Image.open(nc))
+    rgb = tmp_path / "NC" / "rgb_1.png"
+    rgb.parent.mkdir()
+    Image.fromarray(np.stack([grey] * 3, -1)[:, 20:220]).save(rgb)  # RGB, 200x240
+    deep = tmp_path / "deep_2.png"
+    Image.fromarray(grey.astype(np.uint16) * 16).save(deep)  # 16-bit, no AD/NC folder
+    out = tmp_path / "edit"
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--image", rgb,
+                         "--to", "AD", "--num_inference_steps", "2", "--out", out,
+                         capsys=capsys)
+    assert code == 0, err
+    record = json.loads((out / "edit.json").read_text())
+    (note,) = record["converted"]
+    assert "mode RGB" in note["reason"] and "size 200x240 padded" in note["reason"]
+    assert Image.open(out / "rgb_1.png").size == NATIVE_SIZE
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--image", deep,
+                         "--label", "nc", "--to", "AD", "--num_inference_steps", "2", "--out",
+                         out, capsys=capsys)
+    assert code == 0, err
+    assert "scaled by its range" in json.loads((out / "edit.json").read_text())["converted"][0][
+        "reason"]
+
+
+def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model, tiny_data,
+                                                                      tmp_path, capsys):
+    import shutil
+
+    from tools.phantom import write_phantom
+
+    data = shutil.copytree(tiny_data, tmp_path / "AD_NC")
+    write_phantom(data, train_patients=3, test_patients=2, slices=4, seed=0, workers=1,
+                  counterfactuals=1)  # the set is complete: only the pairs are written
+    out = tmp_path / "truth"
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", data, "--evaluate",
+                         "--num_inference_steps", "2", "--out", out, capsys=capsys)
+    assert code == 0, err
+    record = json.loads((out / "truth.json").read_text())
+    assert sorted(record["directions"]) == ["AD->NC", "NC->AD"]
+    for block in record["directions"].values():
+        assert block["slices"] == 4
+        rows = block["rows"]
+        assert {"edit (inversion)", "baseline: sdedit", "baseline: + mean AD-NC image", "source",
+                "VAE reconstruction", "truth", "null edit (target = source label)"} == set(rows)
+        assert rows["truth"]["mae_to_truth"] == 0 and rows["source"]["identity_ssim"] == 1
+        assert rows["null edit (target = source label)"]["mean_abs_change_in_brain"] == 0
+    assert (out / "truth.md").is_file() and (out / "truth_panel.png").is_file()
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--evaluate",
+                         "--out", tmp_path / "none", capsys=capsys)
+    assert code == 2 and "--counterfactuals" in err
