@@ -45,10 +45,11 @@ KEEP_REQUESTS = 32  # per-request folders of PNGs kept for download, oldest remo
 MAP_GENERATED = 100  # generated slices per label placed on the map (as `make demo` does)
 
 COUNTERFACTUAL_PENDING = (
-    "**Counterfactual editing is not in this release yet** (issue #17: encode a real slice and "
-    "denoise it towards the other label). Until it lands, this tab reads a slice the way the "
-    "editor will: the conversion the data layer applies, the slice at its native size, and the "
-    "judge's AD/NC probabilities, which an edit is measured by.")
+    "**Counterfactual editing is not in the app yet** (issue #17): `edit.py` makes edits from "
+    "the command line, but measured against the stand-in data's true counterfactuals they do not "
+    "yet meet the project's targets (docs/RESULTS.md). Until they do, this tab reads a slice the "
+    "way the editor does: the conversion the data layer applies, the slice at its native size, "
+    "and the judge's AD/NC probabilities, which an edit is measured by.")
 
 
 class AppError(Exception):
