@@ -97,7 +97,7 @@ def whole_number(value, name: str, low: int, high: int | None = None) -> int:
 def read_upload(path: str | Path) -> tuple[np.ndarray, str | None]:
     """An uploaded file -> (H, W) uint8 grey slice and the conversion done, or a message."""
     path = Path(path)
-    name = re.sub(r"^.*/", "", str(path))
+    name = path.name
     if path.stat().st_size > MAX_UPLOAD_MB * 2**20:
         raise AppError(f"{name} is larger than {MAX_UPLOAD_MB} MB; upload one slice as a PNG or "
                        "JPEG")
