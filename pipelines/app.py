@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from .data import DECODE_ERRORS, decode_slice, load_split, scan
+from .data import load_split, read_slice_file, scan
 from .embedding import run_embedding
 from .errors import UserError, write_trace
 from .files import write_json
@@ -52,8 +51,7 @@ COUNTERFACTUAL_PENDING = (
     "and the judge's AD/NC probabilities, which an edit is measured by.")
 
 
-class AppError(Exception):
-    """A message for the page (bad input, missing data); shown as an error toast, never a trace."""
+AppError = UserError  # a mistake shown in the page is the same thing the scripts print
 
 
 def shown_in_page(fn):
@@ -65,7 +63,7 @@ def shown_in_page(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UserError, AppError) as err:
+        except UserError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except gr.Error:
             raise
@@ -97,22 +95,10 @@ def whole_number(value, name: str, low: int, high: int | None = None) -> int:
 def read_upload(path: str | Path) -> tuple[np.ndarray, str | None]:
     """An uploaded file -> (H, W) uint8 grey slice and the conversion done, or a message."""
     path = Path(path)
-    name = path.name
     if path.stat().st_size > MAX_UPLOAD_MB * 2**20:
-        raise AppError(f"{name} is larger than {MAX_UPLOAD_MB} MB; upload one slice as a PNG or "
-                       "JPEG")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_UPLOAD_PIXELS:
-                raise AppError(f"{name} is {width}x{height} pixels: too large for a slice "
-                               f"(native {NATIVE_SIZE[0]}x{NATIVE_SIZE[1]}); crop or resize it")
-            return decode_slice(image)
-    except DECODE_ERRORS as err:
-        reason = "unknown format" if isinstance(err, UnidentifiedImageError) else (
-            str(err) or type(err).__name__)
-        raise AppError(f"{name} is not a readable image ({reason}); upload an 8-bit greyscale "
-                       "PNG or JPEG slice") from None
+        raise AppError(f"{path.name} is larger than {MAX_UPLOAD_MB} MB; upload one slice as a "
+                       "PNG or JPEG")
+    return read_slice_file(path, path.name, MAX_UPLOAD_PIXELS)
 
 
 # ----------------------------------------------------------------------------- the model

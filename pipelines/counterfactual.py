@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy import ndimage as ndi
 
-from .data import CLASS_NAMES, DECODE_ERRORS, decode_slice, label_id, scan, spread_indices
+from .data import CLASS_NAMES, label_id, read_slice_file, scan, spread_indices
 from .errors import UserError
 from .files import atomic_path, write_json
 from .ldm.pipeline_adni import EDIT_METHODS, ADNICounterfactualPipeline, ADNIDiffusionPipeline
@@ -54,13 +53,7 @@ def read_source(path, label=None) -> Source:
                             "unknown; give it with --label AD|NC")
         label = path.parent.name
     label = label_id(label)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            pixels, note = decode_slice(image)
-    except DECODE_ERRORS as err:
-        raise UserError(f"--image {path} is not a readable image ({err or type(err).__name__})"
-                        ) from None
+    pixels, note = read_slice_file(path, f"--image {path}")
     if pixels.shape != NATIVE_SIZE[::-1]:  # as the model sees it, back in the native frame
         pixels = to_native(to_model_input(pixels, max(NATIVE_SIZE)))
         note += f", resized and cropped to {NATIVE_SIZE[0]}x{NATIVE_SIZE[1]}"

@@ -160,6 +160,25 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
                  Image.DecompressionBombError)
 
 
+def read_slice_file(path, what: str, max_pixels: int | None = None
+                    ) -> tuple[np.ndarray, str | None]:
+    """One slice file -> ``decode_slice``'s (pixels, conversion), or a UserError naming it as
+    ``what``: not an image, or (with ``max_pixels``) too large to be a slice."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise UserError(f"{what} is {width}x{height} pixels: too large for a slice "
+                                f"(native {NATIVE_SIZE[0]}x{NATIVE_SIZE[1]}); crop or resize it")
+            image.load()
+            return decode_slice(image)
+    except DECODE_ERRORS as err:
+        reason = "unknown format" if isinstance(err, UnidentifiedImageError) else (
+            str(err) or type(err).__name__)
+        raise UserError(f"{what} is not a readable image ({reason}); give an 8-bit greyscale "
+                        "PNG or JPEG slice") from None
+
+
 # ----------------------------------------------------------------------------- scanning
 
 
