@@ -445,6 +445,18 @@ def training_images(pixels: torch.Tensor, indices, flip: bool,
     return random_flip(batch, generator) if flip else batch
 
 
+def random_crop(batch: torch.Tensor, size: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random size x size window of each (C, H, W) image, placed independently per image."""
+    n, _, h, w = batch.shape
+    if size >= min(h, w):
+        return batch
+    top = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
+    left = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
+    return torch.stack([image[:, t:t + size, x:x + size]
+                        for image, t, x in zip(batch, top, left, strict=True)])
+
+
 def random_flip(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
     flip = torch.rand(batch.shape[0], generator=generator) < 0.5

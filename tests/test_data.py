@@ -17,6 +17,7 @@ from pipelines.data import (
     load_train_val,
     patient_id,
     patient_split,
+    random_crop,
     random_flip,
     slice_positions,
     stack_summary,
@@ -89,6 +90,21 @@ def test_flip_mirrors_some_images():
     out = random_flip(batch, torch.Generator().manual_seed(0))
     flipped = [bool((o == b.flip(-1)).all()) for o, b in zip(out, batch, strict=True)]
     assert 0 < sum(flipped) < len(flipped)
+
+
+def test_crops_are_windows_of_their_own_image_at_several_places():
+    batch = torch.arange(16 * 16, dtype=torch.float).reshape(1, 1, 16, 16).repeat(6, 1, 1, 1)
+    batch = batch + 1000 * torch.arange(6).reshape(6, 1, 1, 1)  # each image its own values
+    out = random_crop(batch, 8, torch.Generator().manual_seed(0))
+    assert out.shape == (6, 1, 8, 8)
+    corners = set()
+    for i, crop in enumerate(out):
+        first = int(crop[0, 0, 0]) - 1000 * i
+        top, left = divmod(first, 16)
+        assert torch.equal(crop, batch[i, :, top:top + 8, left:left + 8])
+        corners.add((top, left))
+    assert len(corners) > 1
+    assert random_crop(batch, 16) is batch  # a crop of the whole image is the image
 
 
 def test_salted_folder_reports_every_bad_input(tmp_path):

@@ -20,7 +20,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from ..config import Config, validate
-from ..data import CLASS_NAMES, load_train_val, spread_indices, training_images
+from ..data import CLASS_NAMES, load_train_val, random_crop, spread_indices, training_images
 from ..errors import UserError
 from ..files import save_pretrained_atomic, write_json
 from ..plots import save_grid, to_uint8
@@ -118,8 +118,10 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     val_images = val_set.subset(spread_indices(len(val_set), 8)).as_float()
 
     def get_batch(indices, generator):  # generator: this micro-step's, from run_training
-        return training_images(train_pixels, indices, cfg.data.flip, generator).to(
-            accelerator.device)
+        images = training_images(train_pixels, indices, cfg.data.flip, generator)
+        if vcfg.train_crop:
+            images = random_crop(images, vcfg.train_crop, generator)
+        return images.to(accelerator.device)
 
     def loss_fn(m, batch, step):
         return m(batch, step)
