@@ -6,10 +6,10 @@ from pipelines.errors import UserError
 from .conftest import ROOT
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo", "adni256"])
+@pytest.mark.parametrize("name", ["tiny", "demo", "demo128", "adni256"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
-    assert cfg.data.resolution in (32, 64, 256)
+    assert cfg.data.resolution in (32, 64, 128, 256)
 
 
 def test_overrides_flat_dotted_and_own_section():
