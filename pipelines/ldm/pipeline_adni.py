@@ -114,8 +114,12 @@ def condition_inputs(unet, class_labels: torch.Tensor,
             features = level_features(class_labels, slice_positions, num_ids)
             return {"encoder_hidden_states": None, "class_labels": features.to(inner.dtype)}
         time_ids = slice_positions.float()[:, None] * POSITION_SCALE
+        text_dim = (inner.config.projection_class_embeddings_input_dim
+                    - inner.config.addition_time_embed_dim)  # 0, or the one-hot label's ids
+        text = (F.one_hot(class_labels, text_dim).float() if text_dim
+                else time_ids.new_zeros(len(time_ids), 0))
         return {"encoder_hidden_states": None, "class_labels": class_labels,
-                "added_cond_kwargs": {"text_embeds": time_ids.new_zeros(len(time_ids), 0),
+                "added_cond_kwargs": {"text_embeds": text.to(time_ids.device),
                                       "time_ids": time_ids}}
     if isinstance(inner, UNet2DConditionModel):
         tokens = F.one_hot(class_labels, inner.config.encoder_hid_dim)[:, None]

@@ -62,7 +62,8 @@ def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNe
                                     cross_attention_dim=widths[-1],
                                     addition_embed_type="text_time",
                                     addition_time_embed_dim=POSITION_FEATURES,
-                                    projection_class_embeddings_input_dim=POSITION_FEATURES)
+                                    projection_class_embeddings_input_dim=LABEL_IDS
+                                    + POSITION_FEATURES)
     if cfg.conditioning == "class_embed":
         down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
         up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
