@@ -7,13 +7,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from pipelines.config import load_config
 from pipelines.data import load_split
+from pipelines.hub import save_pipeline
 from pipelines.ldm.latents import build_latent_cache
 from pipelines.ldm.objective import diffusion_loss, drop_labels, min_snr_weight, training_scheduler
-from pipelines.ldm.pipeline_adni import make_scheduler
+from pipelines.ldm.pipeline_adni import (
+    ADNIDiffusionPipeline,
+    condition_inputs,
+    make_scheduler,
+)
 from pipelines.ldm.unet import build_unet
 from pipelines.sampling import generate, load_pipeline, sampling_settings
 from pipelines.vae.model import load_vae
@@ -242,6 +248,64 @@ def test_label_only_model_refuses_levels_and_bad_levels_are_named(tiny_model, ti
             level(["AD"], slice_positions=bad, num_inference_steps=1)
     with pytest.raises(ValueError, match="3 entries"):
         level(["AD", "NC"], slice_positions=[0.1, 0.2, 0.3], num_inference_steps=1)
+
+
+def test_level_unet_is_the_label_only_unet_plus_a_level_path():
+    """The label keeps its own table, the mid block keeps two ResNets and self-attention: the
+    level-conditioned UNet has the label-only one's parameters plus the level MLP (issue #18)."""
+    cfg = load_config(TINY, section="unet").unet
+    torch.manual_seed(0)
+    label_only = build_unet(cfg, latent_channels=2, latent_size=8)
+    cfg.level_conditioning = True
+    level = build_unet(cfg, latent_channels=2, latent_size=8)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert level.class_embedding.weight.shape == label_only.class_embedding.weight.shape
+    assert len(level.mid_block.resnets) == 2 and len(level.mid_block.attentions) == 1
+    assert count(level.mid_block) == count(label_only.mid_block)
+    assert count(level) == count(label_only) + count(level.add_embedding)
+    latents, t = torch.randn(2, 2, 8, 8), torch.tensor([500, 500])
+    kw = lambda labels, levels: condition_inputs(  # noqa: E731
+        level, torch.tensor(labels), torch.tensor(levels))
+    with torch.no_grad():
+        base = level(latents, t, **kw([1, 1], [0.2, 0.2])).sample
+        assert (level(latents, t, **kw([0, 0], [0.2, 0.2])).sample - base).abs().max() > 1e-4
+        assert (level(latents, t, **kw([1, 1], [0.8, 0.8])).sample - base).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="give slice_positions"):
+        condition_inputs(level, torch.tensor([1]))
+
+
+def first_format_level_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DConditionModel:
+    """The level-conditioned UNet as first saved (before 2026-11-30): one projection MLP reading
+    [one-hot label, level sinusoids], diffusers' attention-free mid block."""
+    widths = tuple(cfg.block_out_channels)
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=widths, layers_per_block=cfg.layers_per_block,
+        norm_num_groups=min(32, min(widths)), down_block_types=down, up_block_types=up,
+        mid_block_type="UNetMidBlock2D", attention_head_dim=cfg.attention_head_dim,
+        class_embed_type="projection", projection_class_embeddings_input_dim=3 + 64)
+
+
+def test_a_first_format_level_folder_still_samples(tiny_level_model, tmp_path):
+    pipe = load_pipeline(tiny_level_model)
+    cfg = load_config(TINY, section="unet").unet
+    torch.manual_seed(0)
+    old = first_format_level_unet(cfg, pipe.unet.config.in_channels, pipe.unet.config.sample_size)
+    folder = tmp_path / "old"
+    save_pipeline(ADNIDiffusionPipeline(pipe.vae, old, pipe.scheduler, guidance_scale=2.0,
+                                        num_inference_steps=2), folder, "first format")
+    reloaded = load_pipeline(folder)
+    assert reloaded.unet.config.class_embed_type == "projection" and reloaded.level_conditioned
+    reloaded.set_progress_bar_config(disable=True)
+
+    def run(levels):
+        return reloaded(["AD", "AD"], slice_positions=levels, output_type="latent",
+                        generator=[torch.Generator().manual_seed(0) for _ in range(2)]).images
+
+    a = run([0.0, 1.0])
+    assert torch.equal(a, run([0.0, 1.0])) and (a[0] - a[1]).abs().max() > 1e-4
 
 
 def test_latent_cache_serves_the_slice_levels(tiny_vae_run, tiny_data, tmp_path):

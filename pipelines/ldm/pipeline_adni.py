@@ -77,15 +77,18 @@ POSITION_SCALE = 1000.0
 
 
 def is_level_conditioned(unet) -> bool:
-    """Whether ``unet`` (bare or wrapped by DDP) reads the slice level beside the label."""
-    inner = getattr(unet, "module", unet)
-    return getattr(inner.config, "class_embed_type", None) == "projection"
+    """Whether ``unet`` (bare or wrapped by DDP) reads the slice level beside the label: the
+    level through the "text_time" addition embedding (label in its own table), or a folder of
+    the first format (a "projection" class embedding reading [one-hot label, level])."""
+    config = getattr(unet, "module", unet).config
+    return (getattr(config, "addition_embed_type", None) == "text_time"
+            or getattr(config, "class_embed_type", None) == "projection")
 
 
 def level_features(class_labels: torch.Tensor, slice_positions: torch.Tensor,
                    num_ids: int) -> torch.Tensor:
     """(N, num_ids + POSITION_FEATURES): [one-hot label id, sinusoidal level], what the
-    level-conditioned UNet's class-embedding MLP reads."""
+    first-format level-conditioned UNet's class-embedding MLP reads."""
     onehot = F.one_hot(class_labels, num_ids).float()
     waves = get_timestep_embedding(slice_positions.float() * POSITION_SCALE, POSITION_FEATURES,
                                    flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -95,14 +98,29 @@ def level_features(class_labels: torch.Tensor, slice_positions: torch.Tensor,
 def condition_inputs(unet, class_labels: torch.Tensor,
                      slice_positions: torch.Tensor | None = None) -> dict:
     """The keyword arguments that give ``unet`` (bare or wrapped by DDP) the label ids, and the
-    slice levels when it is level-conditioned."""
+    slice levels when it is level-conditioned.
+
+    A level-conditioned UNet takes the label ids as ``class_labels`` (its embedding table) and
+    the levels x POSITION_SCALE as ``time_ids``, which its ``add_time_proj`` turns into the
+    timestep's sinusoids; ``text_embeds`` is empty (N, 0), so the level is all its
+    ``add_embedding`` MLP reads. A first-format folder gets [one-hot label, level sinusoids]."""
     inner = getattr(unet, "module", unet)
     if is_level_conditioned(inner):
         if slice_positions is None:
             raise ValueError("this UNet is level-conditioned: give slice_positions")
-        num_ids = inner.config.projection_class_embeddings_input_dim - POSITION_FEATURES
-        features = level_features(class_labels, slice_positions.to(class_labels.device), num_ids)
-        return {"encoder_hidden_states": None, "class_labels": features.to(inner.dtype)}
+        slice_positions = slice_positions.to(class_labels.device)
+        if inner.config.class_embed_type == "projection":  # the first format
+            num_ids = inner.config.projection_class_embeddings_input_dim - POSITION_FEATURES
+            features = level_features(class_labels, slice_positions, num_ids)
+            return {"encoder_hidden_states": None, "class_labels": features.to(inner.dtype)}
+        time_ids = slice_positions.float()[:, None] * POSITION_SCALE
+        text_dim = (inner.config.projection_class_embeddings_input_dim
+                    - inner.config.addition_time_embed_dim)  # 0, or the one-hot label's ids
+        text = (F.one_hot(class_labels, text_dim).float() if text_dim
+                else time_ids.new_zeros(len(time_ids), 0))
+        return {"encoder_hidden_states": None, "class_labels": class_labels,
+                "added_cond_kwargs": {"text_embeds": text.to(time_ids.device),
+                                      "time_ids": time_ids}}
     if isinstance(inner, UNet2DConditionModel):
         tokens = F.one_hot(class_labels, inner.config.encoder_hid_dim)[:, None]
         return {"encoder_hidden_states": tokens.to(inner.dtype)}
@@ -140,13 +158,15 @@ class ADNIDiffusionPipeline(SlicePipeline):
     Args:
         vae: the greyscale AutoencoderKL (its config's ``scaling_factor`` scales the latents).
         unet: a UNet2DModel with ``num_class_embeds = len(class_names) + 1`` (last id = null),
-            or a UNet2DConditionModel taking the one-hot id as its one context token.
+            or a UNet2DConditionModel taking the one-hot id as its one context token, or a
+            level-conditioned UNet2DConditionModel (``unet.build_unet``).
         scheduler: the sampler; the one saved with the model is the default everywhere.
         class_names: label names in id order; saved in model_index.json so ids travel with it.
         native_size: (width, height) the square output is cropped back to.
         guidance_scale, num_inference_steps: the call's defaults, saved with the model.
         level_conditioned: recorded in model_index.json for readers; the UNet decides it (a
-            UNet2DConditionModel with ``class_embed_type="projection"`` reads the level).
+            UNet2DConditionModel with the "text_time" addition embedding reads the level, as
+            does one of the first format, with ``class_embed_type="projection"``).
     """
 
     model_cpu_offload_seq = "unet->vae"
