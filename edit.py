@@ -9,11 +9,12 @@ Writes per slice the counterfactual (8-bit PNG at 256x240, named after its sourc
 difference map over the source (one scale for the run), panel.png (source | counterfactual |
 difference) and edit.json (the judge's probability of the target label before and after, SSIM to
 the source, mean absolute change inside the brain). A slice's label is its folder's (AD/NC) or
---label. Guidance and steps default to the model's saved ones; the judge is the one evaluate.py
-trains on --data and caches in MODEL/judge.
+--label. A level-conditioned model keeps each slice's level: from the slice numbers of the
+patient's files beside it, or --slice_position. Guidance and steps default to the model's saved
+ones; the judge is the one evaluate.py trains on --data and caches in MODEL/judge.
 """
 
-from pipelines.cli import model_script_parser
+from pipelines.cli import model_script_parser, parse_slice_positions
 from pipelines.config import check_positive
 from pipelines.counterfactual import (
     DEFAULT_METHOD,
@@ -28,7 +29,7 @@ from pipelines.data import load_split
 from pipelines.errors import UserError, cli_entry
 from pipelines.judge import judge_for
 from pipelines.ldm.pipeline_adni import CHANGE_FROM, EDIT_METHODS
-from pipelines.sampling import load_pipeline, sampling_settings, saved_config
+from pipelines.sampling import check_level_model, load_pipeline, sampling_settings, saved_config
 
 
 @cli_entry
@@ -37,6 +38,9 @@ def main(argv=None):
     parser.add_argument("--image", nargs="+", help="slice file(s) to edit (else --data's split)")
     parser.add_argument("--label", default=None, help="the --image slices' label (default: "
                         "their folder's name, AD or NC)")
+    parser.add_argument("--slice_position", default=None, metavar="P",
+                        help="a level-conditioned model: the --image slices' level in [0, 1] "
+                             "(default: from the patient's other slices beside each file)")
     parser.add_argument("--split", default="test", help="with --data: the split to edit")
     parser.add_argument("--num_images", type=int, default=8, help="with --data: slices spread "
                         "over the split")
@@ -65,10 +69,14 @@ def main(argv=None):
     if args.evaluate:
         pairs = read_pairs(args.data)
     elif args.image:
-        sources = [read_source(path, args.label) for path in args.image]
+        level = None if args.slice_position is None else \
+            parse_slice_positions([args.slice_position])[0]
+        sources = [read_source(path, args.label, level) for path in args.image]
     else:
         sources = sources_from_data(args.data, args.split, args.num_images)
     pipe = load_pipeline(args.model, args.device)
+    if args.slice_position is not None:
+        check_level_model(pipe, args.model)
     settings = sampling_settings(pipe, num_inference_steps=args.num_inference_steps,
                                  guidance_scale=args.guidance_scale)
     settings.pop("scheduler")

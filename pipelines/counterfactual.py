@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from .data import CLASS_NAMES, label_id, read_slice_file, scan, spread_indices
+from .data import (
+    CLASS_NAMES,
+    IMAGE_SUFFIXES,
+    label_id,
+    patient_id,
+    read_slice_file,
+    scan,
+    slice_number,
+    slice_positions,
+    spread_indices,
+)
 from .errors import UserError
 from .files import atomic_path, write_json
 from .ldm.pipeline_adni import EDIT_METHODS, ADNICounterfactualPipeline, ADNIDiffusionPipeline
@@ -40,10 +51,29 @@ class Source:
     pixels: np.ndarray  # (H, W) uint8
     label: int
     note: str | None  # the conversion done on reading, if any
+    position: float | None = None  # its level in its patient's stack (None: unknown)
 
 
-def read_source(path, label=None) -> Source:
-    """A slice file -> Source; the label is given or the name of its folder (AD/NC)."""
+@lru_cache(maxsize=64)
+def _folder_names(folder: Path) -> tuple[str, ...]:
+    return tuple(sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+
+
+def level_beside(path: Path) -> float | None:
+    """A slice's level among its patient's slices in the same folder (``data.slice_positions``),
+    or None when the folder does not hold two slice numbers of that patient."""
+    if slice_number(path.name) is None:
+        return None
+    patient = patient_id(path.name)
+    names = [n for n in _folder_names(path.parent) if patient_id(n) == patient]
+    if len({slice_number(n) for n in names} - {None}) < 2:
+        return None
+    return float(slice_positions(names, [patient] * len(names))[names.index(path.name)])
+
+
+def read_source(path, label=None, position: float | None = None) -> Source:
+    """A slice file -> Source; the label is given or the name of its folder (AD/NC); the level
+    is given or read from the patient's other slices beside it (``level_beside``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--image {path}: no such file")
@@ -57,16 +87,19 @@ def read_source(path, label=None) -> Source:
     if pixels.shape != NATIVE_SIZE[::-1]:  # as the model sees it, back in the native frame
         pixels = to_native(to_model_input(pixels, max(NATIVE_SIZE)))
         note += f", resized and cropped to {NATIVE_SIZE[0]}x{NATIVE_SIZE[1]}"
-    return Source(path, pixels, label, note)
+    return Source(path, pixels, label, note,
+                  level_beside(path) if position is None else float(position))
 
 
 def sources_from_data(root, split: str, num_images: int) -> list[Source]:
-    """``num_images`` slices of ``split`` spread over its files (both classes, many patients)."""
+    """``num_images`` slices of ``split`` spread over its files (both classes, many patients),
+    each with its level in its patient's stack."""
     report = scan(root, splits=(split,))
     if report.problems:
         raise UserError(f"{root} is not a usable AD_NC folder:\n  " + "\n  ".join(report.problems))
     files = report.of_split(split)
-    return [read_source(files[i].path, CLASS_NAMES[files[i].label])
+    levels = slice_positions([f.relpath for f in files], [f.patient for f in files])
+    return [read_source(files[i].path, CLASS_NAMES[files[i].label], levels[i])
             for i in spread_indices(len(files), num_images)]
 
 
@@ -111,6 +144,12 @@ def run_edits(editor, sources: list[Source], targets: list[int], *, strength: fl
 
     if method not in EDIT_METHODS:
         raise UserError(f"--method {method!r}: use one of {', '.join(EDIT_METHODS)}")
+    levels = editor.level_conditioned
+    unknown = [s.path.name for s in sources if levels and s.position is None]
+    if unknown:
+        raise UserError(f"{unknown[0]}: this model is level-conditioned and the slice's level "
+                        "is unknown (no other slices of its patient beside it); give it with "
+                        "--slice_position (0 = the patient's lowest slice, 1 = its highest)")
     outs = []
     for start in tqdm(range(0, len(sources), batch_size), desc="edit", disable=not progress,
                       leave=False):
@@ -120,7 +159,8 @@ def run_edits(editor, sources: list[Source], targets: list[int], *, strength: fl
         images = editor([s.pixels for s in batch], [s.label for s in batch],
                         targets[start : start + len(batch)], strength=strength, method=method,
                         guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                        generator=gens, change_from=change_from, output_type="np").images
+                        generator=gens, change_from=change_from, output_type="np",
+                        slice_positions=[s.position for s in batch] if levels else None).images
         outs.append(np.rint(images[..., 0] * 255).astype(np.uint8))
     return np.concatenate(outs)
 

@@ -106,3 +106,29 @@ def test_the_saved_folder_edits_in_plain_diffusers(tiny_model, tmp_path):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"cls": "ADNICounterfactualPipeline", "same_unet": True,
                    "sizes": [[256, 240, "L"]] * 2, "repo_loaded": False}
+
+
+def test_a_level_model_edits_at_the_slice_level(tiny_level_model, slices):
+    """A level-conditioned model's edit keeps the slice's level: it is required, read by both
+    the inversion and the denoising, and the null edit is still the source exactly."""
+    edit = ADNICounterfactualPipeline.from_pipe(load_pipeline(tiny_level_model))
+    edit.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="level-conditioned: give slice_positions"):
+        edit(slices, "NC", "AD", num_inference_steps=2)
+    with pytest.raises(ValueError, match="slice_positions must be numbers"):
+        edit(slices, "NC", "AD", num_inference_steps=2, slice_positions=[0.2, 1.5])
+
+    def run(levels):
+        return edit(slices[:1], "NC", "AD", strength=0.5, num_inference_steps=4,
+                    slice_positions=levels, output_type="latent").images
+
+    assert not torch.allclose(run(0.1), run(0.9))
+    assert torch.equal(run(0.1), run([0.1]))
+    exact = edit(slices[0], "NC", "NC", strength=0.5, num_inference_steps=4, slice_positions=0.5,
+                 output_type="np").images[0, ..., 0] * 255
+    assert np.array_equal(np.rint(exact), np.asarray(slices[0]).astype(float))
+
+
+def test_a_label_only_model_refuses_levels(edit, slices):
+    with pytest.raises(ValueError, match="label-only"):
+        edit(slices, "NC", "AD", num_inference_steps=2, slice_positions=0.5)

@@ -80,3 +80,41 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
     code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--evaluate",
                          "--out", tmp_path / "none", capsys=capsys)
     assert code == 2 and "--counterfactuals" in err
+
+
+def test_edit_with_a_level_model_reads_levels_beside_the_file(tiny_level_model, tiny_data,
+                                                             tmp_path, capsys):
+    """--data and --image in an AD_NC folder: levels from the patient's slice numbers; a lone
+    file: exit 2 naming --slice_position, which then makes it work."""
+    from pipelines.counterfactual import level_beside, sources_from_data
+
+    folder = Path(tiny_data) / "test" / "NC"
+    files = sorted(folder.glob("*.jpeg"))
+    sources = sources_from_data(tiny_data, "test", 4)
+    assert all(s.position is not None and 0 <= s.position <= 1 for s in sources)
+    for s in sources:  # the same level from the split's listing and from the folder beside it
+        assert abs(level_beside(s.path) - s.position) < 1e-9
+    out = tmp_path / "edit"
+    code, err = run_main("edit.py", "--model", tiny_level_model, "--data", tiny_data,
+                         "--image", files[0], "--num_inference_steps", "2", "--out", out,
+                         capsys=capsys)
+    assert code == 0, err
+    lone = tmp_path / "NC" / files[0].name
+    lone.parent.mkdir()
+    lone.write_bytes(files[0].read_bytes())
+    args = ["edit.py", "--model", tiny_level_model, "--data", tiny_data, "--image", lone,
+            "--num_inference_steps", "2", "--out", out]
+    code, err = run_main(*args, capsys=capsys)
+    assert code == 2 and "--slice_position" in err and lone.name in err
+    code, err = run_main(*args, "--slice_position", "0.3", capsys=capsys)
+    assert code == 0, err
+    code, err = run_main(*args, "--slice_position", "1.3", capsys=capsys)
+    assert code == 2 and "--slice_position" in err
+
+
+def test_edit_slice_position_on_a_label_only_model_exits_2(tiny_model, tiny_data, tmp_path,
+                                                           capsys):
+    nc = sorted((Path(tiny_data) / "test" / "NC").glob("*.jpeg"))[0]
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--image", nc,
+                         "--slice_position", "0.3", "--out", tmp_path / "e", capsys=capsys)
+    assert code == 2 and "label-only" in err

@@ -406,6 +406,7 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         output_type: str = "pil",
         native_size: bool = True,
         return_dict: bool = True,
+        slice_positions=None,
     ):
         """The counterfactual of each slice under ``target_labels``.
 
@@ -419,6 +420,9 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
             change_from: "null_edit", "reconstruction" or "none" (the class docstring).
             output_type: "pil", "np", "pt" or "latent" (the edited, scaled latents).
             native_size: crop to the native 256x240 (True) or keep the model's square.
+            slice_positions: a level-conditioned model's level of each slice in [0, 1], one for
+                all or one per image (required there: the edit keeps the slice's level, which
+                inversion and denoising both read; a label-only model takes none).
 
         Returns:
             ImagePipelineOutput with ``images``.
@@ -426,9 +430,6 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         >>> edit = ADNICounterfactualPipeline.from_pipe(pipe)
         >>> ad = edit(nc_slices, "NC", "AD", strength=0.5).images
         """
-        if self.level_conditioned:  # its UNet needs each slice's level, which edits lack yet
-            raise ValueError("counterfactual edits of a level-conditioned model are not supported "
-                             "yet; edit with a label-only model")
         if method not in EDIT_METHODS:
             raise ValueError(f"unknown method {method!r}; use one of {', '.join(EDIT_METHODS)}")
         if change_from not in CHANGE_FROM:
@@ -440,10 +441,12 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         slices = as_slices(images)
         sources, targets = (self._per_image(labels, len(slices))
                             for labels in (source_labels, target_labels))
+        positions = self._levels(slice_positions, len(slices))
         forward, inverse, k = self.edit_schedulers(num_inference_steps, strength)
         start = self.encode(slices)
         if method == "inversion":
-            noisy = self.denoise(start, sources, 1.0, inverse, inverse.timesteps[:k])
+            noisy = self.denoise(start, sources, 1.0, inverse, inverse.timesteps[:k],
+                                 positions=positions)
         else:
             noise = randn_tensor(start.shape, generator=generator, device=start.device,
                                  dtype=start.dtype)
@@ -451,8 +454,9 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         paired = change_from == "null_edit" and output_type != "latent"
         if paired:  # [target, source label] from the same noisy latents, in one batch
             noisy, targets = torch.cat([noisy, noisy]), torch.cat([targets, sources])
+            positions = None if positions is None else torch.cat([positions, positions])
         latents = self.denoise(noisy, targets, guidance_scale, forward, forward.timesteps[-k:],
-                               generator)
+                               generator, positions)
         if output_type == "latent":
             images = latents
         elif change_from == "none":
@@ -464,6 +468,23 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
                                         output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _levels(self, slice_positions, n: int) -> torch.Tensor | None:
+        """(n,) levels for a level-conditioned model (checked; one for all or one per image),
+        None for a label-only one."""
+        if not self.level_conditioned:
+            if slice_positions is not None:
+                raise ValueError("this model is label-only (trained without slice levels); "
+                                 "leave out slice_positions")
+            return None
+        if slice_positions is None:
+            raise ValueError("this model is level-conditioned: give slice_positions, each "
+                             "slice's level in its patient's stack (0 = lowest, 1 = highest)")
+        values = check_positions(slice_positions)
+        if len(values) not in (1, n):
+            raise ValueError(f"give one slice position or one per image ({n}), got {len(values)}")
+        return torch.tensor(values * n if len(values) == 1 else values,
+                            device=self._execution_device)
 
     def _per_image(self, labels, n: int) -> torch.Tensor:
         ids = self.label_ids(labels)
