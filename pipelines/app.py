@@ -33,7 +33,7 @@ from .files import write_json
 from .judge import JUDGE_FILE, Judge, judge_for
 from .ldm.pipeline_adni import SCHEDULERS
 from .plots import save_png
-from .sampling import generate, load_pipeline, sampling_settings, saved_config
+from .sampling import generate, load_pipeline, sampling_settings, saved_config, takes_levels
 from .slices import CLASS_NAMES, NATIVE_SIZE, to_model_input, to_native
 
 BOTH = "both"
@@ -167,11 +167,13 @@ class AppSession:
 
 
 def generate_images(session: AppSession, label: str, num_images, guidance_scale,
-                    num_inference_steps, scheduler: str | None, seed, progress=None):
+                    num_inference_steps, scheduler: str | None, seed, slice_position=None,
+                    progress=None):
     """The Generate tab: (gallery items, settings text, zip of the PNGs).
 
-    The images are those ``sample.py --label L --num_images N --seed S`` writes with the same
-    settings: the same ``generate`` call with per-image seeds.
+    The images are those ``sample.py --label L --num_images N --seed S [--slice_position P]``
+    writes with the same settings: the same ``generate`` call with per-image seeds.
+    ``slice_position``: a level-conditioned model's level, or empty for a random one per image.
     """
     if label not in (*CLASS_NAMES, BOTH):
         raise AppError(f"unknown label {label!r}; choose {', '.join(CLASS_NAMES)} or {BOTH}")
@@ -184,6 +186,7 @@ def generate_images(session: AppSession, label: str, num_images, guidance_scale,
                      "num_inference_steps": whole_number(num_inference_steps, "Steps", 1,
                                                          session.max_steps),
                      "guidance_scale": guidance(guidance_scale)}
+    level = slice_level(session, slice_position)
     settings = sampling_settings(session.pipe, **overrides)
     folder = session.request_dir()
     items, t0, total = [], time.time(), n * len(labels)
@@ -194,13 +197,15 @@ def generate_images(session: AppSession, label: str, num_images, guidance_scale,
 
         images = generate(session.pipe, name, n, seed=seed,
                           batch_size=session.cfg.sample.batch_size, settings=settings,
-                          progress=False, callback=report)
+                          progress=False, callback=report, positions=level)
         for i, image in enumerate(images):
             path = save_png(image, folder / name / f"{name}_{i:04d}.png")
             items.append((str(path), f"{name} {i}"))
     seconds = time.time() - t0
     record = {"model": str(session.model_dir), "seed": seed, **settings,
               "labels": {name: n for name in labels}, "seconds": round(seconds, 2)}
+    if takes_levels(session.pipe):
+        record["slice_position"] = "random" if level is None else level
     write_json(folder / "sample.json", record)
     archive = folder / f"samples_{'_'.join(labels)}_seed{seed}.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -208,6 +213,24 @@ def generate_images(session: AppSession, label: str, num_images, guidance_scale,
             if path.is_file() and path != archive:
                 zf.write(path, path.relative_to(folder))
     return items, settings_text(session, record), str(archive)
+
+
+def slice_level(session: AppSession, value) -> float | None:
+    """The slice level field: empty (a random level per image) or a number in [0, 1], for a
+    level-conditioned model only."""
+    if value is None or str(value).strip() == "":
+        return None
+    if not takes_levels(session.pipe):
+        raise AppError("Slice level: this model is label-only (trained without slice levels); "
+                       "leave the field empty")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and 0 <= number <= 1):
+        raise AppError(f"Slice level must be a number from 0 (a patient's lowest slice) to 1 "
+                       f"(its highest), or empty for a random level per image; got {value!r}")
+    return number
 
 
 def guidance(value) -> float:
@@ -228,6 +251,8 @@ def settings_text(session: AppSession, record: dict) -> str:
     if "scheduler" in record:
         parts += [f"sampler {record['scheduler']}", f"{record['num_inference_steps']} steps",
                   f"guidance {record['guidance_scale']:g}"]
+    if "slice_position" in record:
+        parts.append(f"slice level {record['slice_position']}")
     parts.append(f"{record['seconds']:.1f} s")
     size = f"{NATIVE_SIZE[0]}x{NATIVE_SIZE[1]}"
     return (" · ".join(parts) + f"  \nEach image is {size} px, as `python sample.py --model "
@@ -387,6 +412,9 @@ def build_app(session: AppSession):
                                             visible=diffusion, elem_id="scheduler")
                     seed = gr.Number(session.cfg.sample.seed, precision=0, label="Seed",
                                      elem_id="seed")
+                    level = gr.Textbox("", label="Slice level, 0 (lowest) to 1 (highest); "
+                                       "empty: random", visible=takes_levels(session.pipe),
+                                       elem_id="slice-level")
                     go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(label="Generated slices (256x240)", columns=4,
@@ -394,7 +422,7 @@ def build_app(session: AppSession):
                     settings = gr.Markdown(elem_id="settings")
                     download = gr.File(label="Download the PNGs (zip)", elem_id="download")
             go.click(with_progress(generate_images),
-                     [label, num_images, guidance, steps, scheduler, seed],
+                     [label, num_images, guidance, steps, scheduler, seed, level],
                      [gallery, settings, download], api_name="generate")
         with gr.Tab("Counterfactual", id="counterfactual"):
             gr.Markdown(COUNTERFACTUAL_PENDING)

@@ -135,7 +135,7 @@ def test_two_clients_at_once_each_get_their_own_images(tiny_model, tiny_data):
     with app_server(tiny_model, tiny_data) as (url, _):
         def ask(seed):
             try:
-                result = Client(url, verbose=False).predict("AD", 2, 2.0, 3, "ddim", seed,
+                result = Client(url, verbose=False).predict("AD", 2, 2.0, 3, "ddim", seed, "",
                                                              api_name="/generate")
                 got[seed] = [np.asarray(Image.open(item["image"])) for item in result[0]]
             except Exception as err:  # reported below, not lost in the thread
@@ -188,3 +188,25 @@ def test_app_mistakes_exit_2_with_one_message(tiny_model, args, words, capsys):
     code, err = run_main("app.py", *full, capsys=capsys)
     assert code == 2 and "Traceback" not in err
     assert all(w in err for w in words), err
+
+
+def test_a_level_model_generates_at_the_requested_level(tiny_level_model, tiny_data, session,
+                                                        tmp_path):
+    """The slice level field: the images sample.py writes at that level; a bad level, or a
+    level for a label-only model, is a message."""
+    level_session = AppSession(tiny_level_model, tiny_data)
+    items, text, archive = generate_images(level_session, "AD", 2, 2.0, 3, "ddim", 5, "0.8")
+    assert "slice level 0.8" in text
+    sample_to_folder(tiny_level_model, ["AD"], tmp_path / "cli", num_images=2, seed=5,
+                     batch_size=1, scheduler="ddim", num_inference_steps=3, guidance_scale=2.0,
+                     positions=[0.8])
+    with zipfile.ZipFile(archive) as zf:
+        cli = tmp_path / "cli" / "AD" / "AD_pos0.800_0001.png"
+        assert zf.read("AD/AD_0001.png") == cli.read_bytes()
+    _, text, _ = generate_images(level_session, "AD", 1, 2.0, 3, "ddim", 5, "")
+    assert "slice level random" in text
+    for bad in ("1.5", "-0.1", "low", "nan"):
+        with pytest.raises(AppError, match="Slice level must be a number from 0"):
+            generate_images(level_session, "AD", 1, 2.0, 3, "ddim", 5, bad)
+    with pytest.raises(AppError, match="label-only"):
+        generate_images(session, "AD", 1, 2.0, 3, "ddim", 5, "0.5")

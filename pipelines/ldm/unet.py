@@ -32,9 +32,9 @@ def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNe
     - the level: ``addition_embed_type="text_time"`` (SDXL's micro-conditioning path): the
       level x 1000 as ``time_ids`` through ``add_time_proj`` (the timestep's sinusoids, 64 of
       them) and, beside them as ``text_embeds``, the one-hot label, into the ``add_embedding``
-      MLP, added to the time embedding (``pipeline_adni.condition_inputs``). The label in that
-      MLP lets the level's embedding depend on it: without it (level alone) the level error at
-      guidance 4 was 1.60x the real one, with it 1.44x (target 1.5x);
+      MLP, added to the time embedding (``pipeline_adni.condition_inputs``), so that the
+      level's embedding can depend on the label (one seed each, guidance 4: level alone 1.60x
+      the real level error, with the label 1.44x; docs/RESULTS.md);
     - the mid block: "UNetMidBlock2DSimpleCrossAttn" with ``mid_block_only_cross_attention``
       and no context: given no ``encoder_hidden_states`` its attention reads the feature map
       itself, so it is self-attention between two ResNets with UNet2DModel's mid block's
