@@ -102,8 +102,9 @@ def condition_inputs(unet, class_labels: torch.Tensor,
 
     A level-conditioned UNet takes the label ids as ``class_labels`` (its embedding table) and
     the levels x POSITION_SCALE as ``time_ids``, which its ``add_time_proj`` turns into the
-    timestep's sinusoids; ``text_embeds`` is empty (N, 0), so the level is all its
-    ``add_embedding`` MLP reads. A first-format folder gets [one-hot label, level sinusoids]."""
+    timestep's sinusoids; ``text_embeds`` is the one-hot label, which its ``add_embedding`` MLP
+    reads beside them (empty (N, 0) in a folder whose MLP reads the level alone). A
+    first-format folder gets [one-hot label, level sinusoids]."""
     inner = getattr(unet, "module", unet)
     if is_level_conditioned(inner):
         if slice_positions is None:
@@ -119,8 +120,7 @@ def condition_inputs(unet, class_labels: torch.Tensor,
         text = (F.one_hot(class_labels, text_dim).float() if text_dim
                 else time_ids.new_zeros(len(time_ids), 0))
         return {"encoder_hidden_states": None, "class_labels": class_labels,
-                "added_cond_kwargs": {"text_embeds": text.to(time_ids.device),
-                                      "time_ids": time_ids}}
+                "added_cond_kwargs": {"text_embeds": text, "time_ids": time_ids}}
     if isinstance(inner, UNet2DConditionModel):
         tokens = F.one_hot(class_labels, inner.config.encoder_hid_dim)[:, None]
         return {"encoder_hidden_states": tokens.to(inner.dtype)}
@@ -217,6 +217,12 @@ class ADNIDiffusionPipeline(SlicePipeline):
                              f"label entry ({num_labels}) or one per image ({n})")
         return torch.tensor(values)
 
+    def check_takes_levels(self, slice_positions) -> None:
+        """ValueError when levels are given to a label-only model."""
+        if slice_positions is not None and not self.level_conditioned:
+            raise ValueError("this model is label-only (trained without slice levels); leave out "
+                             "slice_positions, or train one with --unet.level_conditioning true")
+
     def sampling_settings(self) -> dict:
         """What a call does by default: the saved sampler, steps and guidance."""
         return {"scheduler": scheduler_name(self.scheduler),
@@ -261,9 +267,7 @@ class ADNIDiffusionPipeline(SlicePipeline):
         if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
             raise ValueError(f"num_images_per_label must be an integer >= 1, "
                              f"got {num_images_per_label!r}")
-        if slice_positions is not None and not self.level_conditioned:
-            raise ValueError("this model is label-only (trained without slice levels); leave out "
-                             "slice_positions, or train one with --unet.level_conditioning true")
+        self.check_takes_levels(slice_positions)
         label_ids = self.label_ids(class_labels)
         ids = [i for i in label_ids for _ in range(num_images_per_label)]
         device = self._execution_device
@@ -472,19 +476,13 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
     def _levels(self, slice_positions, n: int) -> torch.Tensor | None:
         """(n,) levels for a level-conditioned model (checked; one for all or one per image),
         None for a label-only one."""
+        self.check_takes_levels(slice_positions)
         if not self.level_conditioned:
-            if slice_positions is not None:
-                raise ValueError("this model is label-only (trained without slice levels); "
-                                 "leave out slice_positions")
             return None
         if slice_positions is None:
             raise ValueError("this model is level-conditioned: give slice_positions, each "
                              "slice's level in its patient's stack (0 = lowest, 1 = highest)")
-        values = check_positions(slice_positions)
-        if len(values) not in (1, n):
-            raise ValueError(f"give one slice position or one per image ({n}), got {len(values)}")
-        return torch.tensor(values * n if len(values) == 1 else values,
-                            device=self._execution_device)
+        return self.positions_for(slice_positions, 1, n).to(self._execution_device)
 
     def _per_image(self, labels, n: int) -> torch.Tensor:
         ids = self.label_ids(labels)
