@@ -80,16 +80,19 @@ def main():
     ub = cfg.unet.train_batch_size
     latents = torch.randn(ub, cfg.vae.latent_channels, res // f, res // f)
     labels = torch.randint(0, 3, (ub,))
+    levels = torch.rand(ub) if cfg.unet.level_conditioning else None  # the demo's level UNet
     pixels = torch.rand(ub, 1, res, res) * 2 - 1
     vae.requires_grad_(False)
 
     def cached():
-        return diffusion_loss(unet, sched, latents, labels, 5.0).mean()
+        return diffusion_loss(unet, sched, latents, labels, cfg.unet.snr_gamma,
+                              slice_positions=levels).mean()
 
     def naive():
         with torch.no_grad():
             z = vae.encode(pixels).latent_dist.sample()
-        return diffusion_loss(unet, sched, z, labels, 5.0).mean()
+        return diffusion_loss(unet, sched, z, labels, cfg.unet.snr_gamma,
+                              slice_positions=levels).mean()
 
     results = {}
     runs = [("cached", cached), ("naive (VAE encode per step)", naive)]

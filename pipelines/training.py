@@ -137,12 +137,18 @@ def make_accelerator(cfg, output_dir: str | Path, find_unused_parameters: bool =
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
+    """Whether torch computes bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere emulated.
+
+    Both the CPU's flags and torch's kernel choice count: with ``ATEN_CPU_CAPABILITY=avx2`` (and
+    ``ONEDNN_MAX_CPU_ISA=AVX2``) a bf16 host runs as an AVX2-only one, fp32 included, which is how
+    the AVX2 path is checked on a bf16 machine.
+    """
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    return native and torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
 
 
 def resolve_precision(requested: str) -> str:
