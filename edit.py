@@ -10,13 +10,17 @@ difference map over the source (one scale for the run), panel.png (source | coun
 difference) and edit.json (the judge's probability of the target label before and after, SSIM to
 the source, mean absolute change inside the brain). A slice's label is its folder's (AD/NC) or
 --label. A level-conditioned model keeps each slice's level: from the slice numbers of the
-patient's files beside it, or --slice_position. Guidance and steps default to the model's saved
-ones; the judge is the one evaluate.py trains on --data and caches in MODEL/judge.
+patient's files beside it, or --slice_position. Guidance defaults to 2 (measured against the
+truth, below), steps to the model's saved ones; the judge is the one evaluate.py trains on --data
+and caches in MODEL/judge. --evaluate scores edits against the stand-in set's paired truth:
+
+    python edit.py --model outputs/demo/model --data data/phantom --evaluate [--num_images 12]
 """
 
 from pipelines.cli import model_script_parser, parse_slice_positions
 from pipelines.config import check_positive
 from pipelines.counterfactual import (
+    DEFAULT_GUIDANCE,
     DEFAULT_METHOD,
     DEFAULT_STRENGTH,
     check_edit_args,
@@ -42,8 +46,9 @@ def main(argv=None):
                         help="a level-conditioned model: the --image slices' level in [0, 1] "
                              "(default: from the patient's other slices beside each file)")
     parser.add_argument("--split", default="test", help="with --data: the split to edit")
-    parser.add_argument("--num_images", type=int, default=8, help="with --data: slices spread "
-                        "over the split")
+    parser.add_argument("--num_images", type=int, default=None, help="with --data: slices "
+                        "spread over the split (default 8); with --evaluate: per direction, "
+                        "spread over the pairs (default: all)")
     parser.add_argument("--to", default="flip", help="AD | NC | flip (each to the other label)")
     parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
                         help="share of the noise schedule the edit spans, in (0, 1]")
@@ -65,21 +70,25 @@ def main(argv=None):
     check_edit_args(args.strength, args.to)
     cfg = saved_config(args.model)
     batch_size = cfg.sample.batch_size if args.batch_size is None else args.batch_size
-    check_positive(num_images=args.num_images, batch_size=batch_size)
+    check_positive(batch_size=batch_size)
+    if args.num_images is not None:
+        check_positive(num_images=args.num_images)
     if args.evaluate:
-        pairs = read_pairs(args.data)
+        pairs = read_pairs(args.data, args.num_images)
     elif args.image:
         level = None if args.slice_position is None else \
             parse_slice_positions([args.slice_position])[0]
         sources = [read_source(path, args.label, level) for path in args.image]
     else:
-        sources = sources_from_data(args.data, args.split, args.num_images)
+        sources = sources_from_data(args.data, args.split, args.num_images or 8)
     pipe = load_pipeline(args.model, args.device)
     if args.slice_position is not None:
         check_level_model(pipe, args.model)
     settings = sampling_settings(pipe, num_inference_steps=args.num_inference_steps,
                                  guidance_scale=args.guidance_scale)
     settings.pop("scheduler")
+    if args.guidance_scale is None and settings:
+        settings["guidance_scale"] = DEFAULT_GUIDANCE
     skip = cfg.data.skip_corrupt if args.skip_corrupt is None else args.skip_corrupt
     train = load_split(args.data, "train", cfg.data.resolution, skip, progress=False)
     judge, _ = judge_for(train, cfg.eval, f"{args.model}/judge")
@@ -87,7 +96,8 @@ def main(argv=None):
         out = args.out or f"{args.model}/edit_truth"
         evaluate_edits(pipe, judge, pairs, args.data, out, settings=settings,
                        strength=args.strength, method=args.method, seed=args.seed,
-                       batch_size=batch_size, change_from=args.change_from)
+                       batch_size=batch_size, change_from=args.change_from,
+                       record={"model": str(args.model)})
         print(open(f"{out}/truth.md").read())
         return
     out = args.out or f"{args.model}/edit"

@@ -26,12 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .counterfactual import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_METHOD,
+    DEFAULT_STRENGTH,
+    as_source,
+    edit_to_folder,
+)
 from .data import load_split, read_slice_file, scan
 from .embedding import run_embedding
 from .errors import UserError, write_trace
 from .files import write_json
 from .judge import JUDGE_FILE, Judge, judge_for
-from .ldm.pipeline_adni import SCHEDULERS
+from .ldm.pipeline_adni import EDIT_METHODS, SCHEDULERS
 from .plots import save_png
 from .sampling import generate, load_pipeline, sampling_settings, saved_config, takes_levels
 from .slices import CLASS_NAMES, NATIVE_SIZE, to_model_input, to_native
@@ -43,12 +50,14 @@ MAX_UPLOAD_PIXELS = 2048 * 2048  # a slice is 256x240; anything this big is not 
 KEEP_REQUESTS = 32  # per-request folders of PNGs kept for download, oldest removed first
 MAP_GENERATED = 100  # generated slices per label placed on the map (as `make demo` does)
 
-COUNTERFACTUAL_PENDING = (
-    "**Counterfactual editing is not in the app yet** (issue #17): `edit.py` makes edits from "
-    "the command line, but measured against the stand-in data's true counterfactuals they do not "
-    "yet meet the project's targets (docs/RESULTS.md). Until they do, this tab reads a slice the "
-    "way the editor does: the conversion the data layer applies, the slice at its native size, "
-    "and the judge's AD/NC probabilities, which an edit is measured by.")
+COUNTERFACTUAL_NOTE = (
+    "Pick or upload a slice to read it as the model does (conversion, native size, the judge's "
+    "AD/NC probabilities), then **Edit** it towards the other label: `edit.py` on one slice "
+    "(VAE, inversion or SDEdit to the strength, guided denoising). The difference map is where "
+    "this model puts the change between AD and NC for this brain; how close such edits come to "
+    "a true counterfactual is measured on the stand-in data (`edit.py --evaluate`) and shown "
+    "below when the model has been scored. It is not a prediction for a patient.")
+EDIT_TARGETS = ("the other label", *CLASS_NAMES)
 
 
 AppError = UserError  # a mistake shown in the page is the same thing the scripts print
@@ -274,12 +283,7 @@ def read_slice(session: AppSession, picked: str | None, uploaded: str | None = N
         pixels, note = read_upload(uploaded)
         source, true_label = f"upload `{Path(uploaded).name}`", None
     elif picked:
-        if session.data_dir is None:
-            raise AppError("no data folder: start the app with --data to pick test slices")
-        path = session.data_dir / picked
-        if not path.is_file():
-            raise AppError(f"{picked} is not in {session.data_dir}; pick another slice")
-        pixels, note = read_upload(path)
+        pixels, note = read_upload(_test_slice(session, picked))
         source, true_label = f"`{picked}`", picked.split("/")[1]
     else:
         raise AppError("pick a test slice or upload one")
@@ -295,6 +299,93 @@ def read_slice(session: AppSession, picked: str | None, uploaded: str | None = N
              + (f", validation accuracy {judge.val_accuracy:.3f}" if judge.val_accuracy else "")]
     return shown, "  \n".join(lines), {name: float(p) for name, p in zip(CLASS_NAMES, probs,
                                                                           strict=True)}
+
+
+def edit_slice(session: AppSession, picked: str | None, uploaded: str | None, source_label,
+               target: str, strength, method: str, guidance_value, level_value, progress=None):
+    """The Counterfactual tab's edit: (counterfactual, difference map, notes, edit.json) of the
+    picked test slice or the upload, written by the same ``edit_to_folder`` as edit.py."""
+    if not session.saved:
+        raise AppError(f"edits need a latent diffusion model; {session.model_dir} is a "
+                       f"{session.kind}")
+    if uploaded:
+        if source_label not in CLASS_NAMES:
+            raise AppError("Source label: choose AD or NC for an uploaded slice (a test slice's "
+                           "label is its folder's)")
+        pixels, note = read_upload(uploaded)
+        path, label = Path(uploaded), source_label
+    elif picked:
+        path = _test_slice(session, picked)
+        (pixels, note), label = read_upload(path), picked.split("/")[1]
+    else:
+        raise AppError("pick a test slice or upload one, then press Edit")
+    if target not in EDIT_TARGETS:
+        raise AppError(f"Edit to: choose one of {', '.join(EDIT_TARGETS)}, got {target!r}")
+    try:
+        number = float(strength)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number <= 1:
+        raise AppError(f"Strength must be a number in (0, 1] (the share of the noise schedule "
+                       f"the edit spans; {DEFAULT_STRENGTH} measured best), got {strength!r}")
+    strength = number
+    if method not in EDIT_METHODS:
+        raise AppError(f"Method: choose {' or '.join(EDIT_METHODS)}, got {method!r}")
+    source = as_source(path, pixels, note, label, slice_level(session, level_value))
+    if takes_levels(session.pipe) and source.position is None:
+        raise AppError("Slice level: this model reads each slice's level and this upload has no "
+                       "patient slices beside it; enter its level, 0 (the patient's lowest "
+                       "slice) to 1 (its highest)")
+    settings = {"guidance_scale": guidance(guidance_value),
+                "num_inference_steps": session.saved["num_inference_steps"]}
+    judge = session.judge(progress)
+    if progress is not None:
+        progress(0.5, desc="editing")
+    folder = session.request_dir()
+    to = "flip" if target == EDIT_TARGETS[0] else target
+    record = edit_to_folder(session.pipe, judge, [source], to, folder, settings=settings,
+                            strength=strength, method=method, seed=0, batch_size=1,
+                            record={"model": str(session.model_dir)})
+    row = record["slices"][0]
+    lines = [f"**{row['source_label']} -> {row['target_label']}**: the judge's p("
+             f"{row['target_label']}) {row['p_target_before']:.3f} -> {row['p_target_after']:.3f}"
+             f" · SSIM to the source {row['ssim_to_source']:.3f} · mean change in the brain "
+             f"{row['mean_abs_change_in_brain']:.1f} grey levels",
+             f"{method}, strength {strength:g}, guidance {settings['guidance_scale']:g}, "
+             f"{settings['num_inference_steps']} DDIM steps"
+             + (f", slice level {source.position:.2f}" if source.position is not None else "")
+             + f" · {record['seconds']:.1f} s",
+             *([f"Conversion: {source.note}"] if source.note else []), truth_summary(session)]
+    return (str(folder / row["output"]), str(folder / row["difference"]), "  \n".join(lines),
+            str(folder / "edit.json"))
+
+
+def _test_slice(session: AppSession, picked: str) -> Path:
+    """A picked test slice (a path relative to the data folder), or a message."""
+    if session.data_dir is None:
+        raise AppError("no data folder: start the app with --data to pick test slices")
+    path = session.data_dir / picked
+    if not path.is_file():
+        raise AppError(f"{picked} is not in {session.data_dir}; pick another slice")
+    return path
+
+
+def truth_summary(session: AppSession) -> str:
+    """One line: this model's edits against the stand-in truth, if it was scored."""
+    folder = _own_output(session, "edit_truth", "truth.json") or \
+        _own_output(session, "counterfactual", "truth.json")
+    if folder is None:
+        return ("Not scored against the truth yet: `python edit.py --model "
+                f"{session.model_dir} --data DATA --evaluate` on the stand-in data.")
+    record = json.loads((folder / "truth.json").read_text())
+    parts = []
+    for direction, block in record["directions"].items():
+        edit = block["rows"][f"edit ({record['method']})"]
+        parts.append(f"{direction} flip rate {edit['flip_rate']:.2f}, closer to the truth than "
+                     f"the source in {edit['closer_than_source']:.0%}, localisation AUC "
+                     f"{edit['localisation_auc']:.2f}")
+    return (f"Against the truth (`{folder}`, {record['method']}, strength "
+            f"{record['strength']:g}): " + "; ".join(parts))
 
 
 # ----------------------------------------------------------------------------- map and model
@@ -425,7 +516,7 @@ def build_app(session: AppSession):
                      [label, num_images, guidance, steps, scheduler, seed, level],
                      [gallery, settings, download], api_name="generate")
         with gr.Tab("Counterfactual", id="counterfactual"):
-            gr.Markdown(COUNTERFACTUAL_PENDING)
+            gr.Markdown(COUNTERFACTUAL_NOTE)
             with gr.Row():
                 with gr.Column(scale=1):
                     picked = gr.Dropdown(session.test_slices(), value=None,
@@ -444,6 +535,37 @@ def build_app(session: AppSession):
                          api_name="read_test_slice")
             upload.upload(with_progress(read_upload_slice), [upload], [shown, notes, probs],
                           api_name="read_upload")
+            with gr.Row(visible=diffusion):
+                with gr.Column(scale=1, min_width=240):
+                    source_label = gr.Radio(list(CLASS_NAMES), value=None, elem_id="edit-source",
+                                            label="Source label (an upload's; a test slice's "
+                                                  "is its folder's)")
+                    target = gr.Radio(list(EDIT_TARGETS), value=EDIT_TARGETS[0],
+                                      label="Edit to", elem_id="edit-target")
+                    strength = gr.Number(DEFAULT_STRENGTH, label="Strength, in (0, 1]",
+                                         elem_id="edit-strength")
+                    method = gr.Dropdown(list(EDIT_METHODS), value=DEFAULT_METHOD,
+                                         label="Method", elem_id="edit-method")
+                    edit_guidance = gr.Number(DEFAULT_GUIDANCE, label="Guidance scale (1 = none)",
+                                              elem_id="edit-guidance")
+                    edit_level = gr.Textbox("", label="Slice level, 0 to 1 (an upload's; empty: "
+                                            "from the patient's slices beside it)",
+                                            visible=takes_levels(session.pipe),
+                                            elem_id="edit-level")
+                    edit = gr.Button("Edit", variant="primary", elem_id="edit-btn")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        edited = gr.Image(label="Counterfactual (256x240)", type="filepath",
+                                          interactive=False, elem_id="edit-image")
+                        difference = gr.Image(label="Change: red brighter, blue darker",
+                                              type="filepath", interactive=False,
+                                              elem_id="edit-difference")
+                    edit_notes = gr.Markdown(elem_id="edit-notes")
+                    edit_record = gr.File(label="edit.json", elem_id="edit-record")
+            edit.click(with_progress(edit_slice),
+                       [picked, upload, source_label, target, strength, method, edit_guidance,
+                        edit_level], [edited, difference, edit_notes, edit_record],
+                       api_name="edit")
         with gr.Tab("Map", id="map"):
             map_image = gr.Image(label="Map of the data coloured by diagnosis", type="filepath",
                                  interactive=False, elem_id="map-image")

@@ -39,6 +39,7 @@ from .slices import NATIVE_SIZE, to_model_input, to_native
 
 DEFAULT_STRENGTH = 0.4  # measured against the truth: docs/RESULTS.md, "Counterfactuals"
 DEFAULT_METHOD = "inversion"  # beat SDEdit on flip rate and localisation at equal strength
+DEFAULT_GUIDANCE = 2.0  # against the truth; at 4 (the sampling default then) no slice came closer
 BRAIN_LEVEL = 10  # grey level above which a pixel is brain (the background is black)
 PANEL_ROWS = 12  # slices shown in the panel figure; the per-slice maps cover all of them
 
@@ -82,13 +83,20 @@ def read_source(path, label=None, position: float | None = None) -> Source:
             raise UserError(f"--image {path}: its folder is not AD or NC, so its label is "
                             "unknown; give it with --label AD|NC")
         label = path.parent.name
-    label = label_id(label)
     pixels, note = read_slice_file(path, f"--image {path}")
+    return as_source(path, pixels, note, label, position)
+
+
+def as_source(path: Path, pixels: np.ndarray, note: str | None, label,
+              position: float | None = None) -> Source:
+    """A grey slice read from ``path`` -> Source at the native size (odd sizes are resized and
+    cropped as the model sees them, which ``note`` then says); the level as in read_source."""
     if pixels.shape != NATIVE_SIZE[::-1]:  # as the model sees it, back in the native frame
         pixels = to_native(to_model_input(pixels, max(NATIVE_SIZE)))
-        note += f", resized and cropped to {NATIVE_SIZE[0]}x{NATIVE_SIZE[1]}"
-    return Source(path, pixels, label, note,
-                  level_beside(path) if position is None else float(position))
+        note = (f"{note}, " if note else "") + \
+            f"resized and cropped to {NATIVE_SIZE[0]}x{NATIVE_SIZE[1]}"
+    return Source(Path(path), pixels, label_id(label), note,
+                  level_beside(Path(path)) if position is None else float(position))
 
 
 def sources_from_data(root, split: str, num_images: int) -> list[Source]:

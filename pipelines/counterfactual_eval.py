@@ -34,7 +34,14 @@ from .counterfactual import (
     read_source,
     run_edits,
 )
-from .data import CLASS_NAMES, COUNTERFACTUAL_DIR, PAIRS_MANIFEST, decode_slice, scan
+from .data import (
+    CLASS_NAMES,
+    COUNTERFACTUAL_DIR,
+    PAIRS_MANIFEST,
+    decode_slice,
+    scan,
+    spread_indices,
+)
 from .errors import UserError
 from .files import write_json, write_text
 from .ldm.pipeline_adni import EDIT_METHODS
@@ -45,8 +52,10 @@ from .runs import prepare_output_dir
 CHANGED_LEVEL = 20  # grey levels: |truth - source| above this is a truly changed pixel
 
 
-def read_pairs(root) -> dict[str, tuple[list[Source], np.ndarray]]:
-    """{"NC->AD": (sources, truths (N, H, W) uint8), "AD->NC": ...} from DATA/counterfactual/."""
+def read_pairs(root, per_direction: int | None = None) -> dict[str, tuple[list[Source],
+                                                                          np.ndarray]]:
+    """{"NC->AD": (sources, truths (N, H, W) uint8), "AD->NC": ...} from DATA/counterfactual/;
+    ``per_direction``: that many slices spread over each direction's pairs (default: all)."""
     root = Path(root)
     path = root / COUNTERFACTUAL_DIR / PAIRS_MANIFEST
     try:
@@ -62,7 +71,10 @@ def read_pairs(root) -> dict[str, tuple[list[Source], np.ndarray]]:
             sources.append(read_source(root / record["source"] / name, record["label"]))
             with Image.open(root / record["folder"] / name) as image:
                 truths.append(decode_slice(image)[0])
-    return {key: (sources, np.stack(truths)) for key, (sources, truths) in sorted(pairs.items())}
+    picked = {key: spread_indices(len(sources), per_direction or len(sources))
+              for key, (sources, _) in pairs.items()}
+    return {key: ([sources[i] for i in picked[key]], np.stack([truths[i] for i in picked[key]]))
+            for key, (sources, truths) in sorted(pairs.items())}
 
 
 def mean_class_difference(root) -> np.ndarray:
@@ -124,7 +136,7 @@ def reconstructions(editor, sources: list[Source], batch_size: int) -> np.ndarra
 
 def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: dict,
                    strength: float, method: str, seed: int, batch_size: int,
-                   change_from: str = "null_edit") -> dict:
+                   change_from: str = "null_edit", record: dict | None = None) -> dict:
     """Score the edit, its baselines and the null edit against the paired truth (``pairs``:
     :func:`read_pairs` of ``data_root``); writes
     OUT/truth.json, OUT/truth.md and OUT/truth_panel.png (source | edit | truth | their
@@ -137,8 +149,9 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
     kwargs = {"strength": strength, "guidance_scale": settings["guidance_scale"],
               "num_inference_steps": settings["num_inference_steps"], "seed": seed,
               "batch_size": batch_size, "change_from": change_from, "progress": False}
-    record = {"method": method, "strength": strength, "change_from": change_from, **settings,
-              "changed_level": CHANGED_LEVEL, "directions": {}}
+    record = {**(record or {}), "method": method, "strength": strength,
+              "change_from": change_from, **settings, "changed_level": CHANGED_LEVEL,
+              "directions": {}}
     panel_rows = []
     for direction, (sources, truths) in pairs.items():
         targets = [CLASS_NAMES.index(direction.split("->")[1])] * len(sources)

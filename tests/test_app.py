@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from pipelines.app import (
     MAX_IMAGES,
     AppError,
     AppSession,
+    edit_slice,
     generate_images,
     model_text,
     read_slice,
@@ -210,3 +212,45 @@ def test_a_level_model_generates_at_the_requested_level(tiny_level_model, tiny_d
             generate_images(level_session, "AD", 1, 2.0, 3, "ddim", 5, bad)
     with pytest.raises(AppError, match="label-only"):
         generate_images(session, "AD", 1, 2.0, 3, "ddim", 5, "0.5")
+
+
+def test_editing_a_slice_writes_what_edit_py_writes(session, tiny_model, tiny_level_model,
+                                                   tiny_data, tmp_path, capsys):
+    """The Edit button: edit.py's outputs for the same slice and settings; bad fields are
+    messages; an upload needs its label (and, for a level model, its level)."""
+    from .test_mistakes import run_main
+
+    picked = session.test_slices()[0]
+    image, difference, notes, record = edit_slice(session, picked, None, None,
+                                                  "the other label", 0.4, "inversion", 2.0, "")
+    label = picked.split("/")[1]
+    other = "AD" if label == "NC" else "NC"
+    assert f"**{label} -> {other}**" in notes and "Not scored against the truth" in notes
+    assert Image.open(image).size == (256, 240) and Image.open(difference).format == "PNG"
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--image",
+                         tiny_data / picked, "--to", other, "--batch_size", "1", "--out",
+                         tmp_path / "cli", capsys=capsys)
+    assert code == 0, err
+    assert Image.open(image).tobytes() == \
+        Image.open(tmp_path / "cli" / Path(picked).with_suffix(".png").name).tobytes()
+    upload = tmp_path / "slice.png"
+    Image.open(tiny_data / picked).save(upload)
+    fields = {"picked": picked, "uploaded": None, "source_label": None, "target": "AD",
+              "strength": 0.4, "method": "inversion", "guidance_value": 2.0, "level_value": ""}
+    bad = [({"picked": None}, "pick a test slice or upload one"),
+           ({"picked": None, "uploaded": str(upload)}, "Source label: choose AD or NC"),
+           ({"target": "MCI"}, "Edit to: choose one of"),
+           ({"strength": 0}, "Strength must be a number in"),
+           ({"strength": "x"}, "Strength must be a number in .* got 'x'"),
+           ({"method": "blend"}, "Method: choose"),
+           ({"guidance_value": 0.5}, "Guidance scale"),
+           ({"level_value": "0.5"}, "label-only")]
+    for change, words in bad:
+        with pytest.raises(AppError, match=words):
+            edit_slice(session, **{**fields, **change})
+    level_session = AppSession(tiny_level_model, tiny_data)
+    with pytest.raises(AppError, match="Slice level: this model reads each slice's level"):
+        edit_slice(level_session, None, str(upload), "NC", "AD", 0.4, "inversion", 2.0, "")
+    _, _, notes, _ = edit_slice(level_session, None, str(upload), "NC", "AD", 0.4, "inversion",
+                                2.0, "0.3")
+    assert "slice level 0.30" in notes

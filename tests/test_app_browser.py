@@ -11,6 +11,7 @@ from tools.browser import (
     by_css,
     chromium,
     click_tab,
+    edit_in_page,
     generate_in_page,
     missing_browser,
     toast_text,
@@ -33,6 +34,11 @@ def test_generate_and_bad_upload_in_chromium(tiny_model, tiny_data, tmp_path):
         upload(page, "slice-upload", bad)
         assert "notes.png is not a readable image" in toast_text(page)
         assert "Traceback" not in page.page_source
+
+        good = sorted((tiny_data / "test" / "NC").glob("*.jpeg"))[0]
+        upload(page, "slice-upload", good)  # then edit it towards AD
+        notes = edit_in_page(page, source_label="NC")
+        assert "NC -> AD" in notes and "p(AD)" in notes
 
         click_tab(page, "Generate")  # the server keeps serving after the bad input
         sizes, _ = generate_in_page(page, label="NC", num_images=1, seed=7)

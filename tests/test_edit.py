@@ -77,6 +77,22 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
         assert rows["truth"]["mae_to_truth"] == 0 and rows["source"]["identity_ssim"] == 1
         assert rows["null edit (target = source label)"]["mean_abs_change_in_brain"] == 0
     assert (out / "truth.md").is_file() and (out / "truth_panel.png").is_file()
+    assert record["model"] == str(tiny_model) and record["guidance_scale"] == 2.0  # edit default
+    code, err = run_main("edit.py", "--model", tiny_model, "--data", data, "--evaluate",
+                         "--num_images", "2", "--num_inference_steps", "2", "--out",
+                         tmp_path / "two", capsys=capsys)
+    assert code == 0, err
+    two = json.loads((tmp_path / "two" / "truth.json").read_text())
+    assert [b["slices"] for b in two["directions"].values()] == [2, 2]
+
+    from tools.demo import counterfactual_targets, write_report
+
+    rows = counterfactual_targets(record)  # the demo report's verdicts, 5 per direction
+    assert len(rows) == 2 + 2 * 5
+    assert all(r.endswith(("| met |", "| MISSED |", "| n/a |")) for r in rows[2:])
+    shutil.copytree(out, tmp_path / "demo" / "counterfactual")
+    report = write_report(data, tmp_path / "demo").read_text()
+    assert "## Counterfactuals against the truth" in report and "NC->AD flip rate" in report
     code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--evaluate",
                          "--out", tmp_path / "none", capsys=capsys)
     assert code == 2 and "--counterfactuals" in err

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from pipelines.cli import DEFAULT_DATA, DEFAULT_MODEL, script_parser
+from pipelines.counterfactual import level_beside
 from pipelines.errors import UserError, cli_entry
 from pipelines.files import write_json
 from tools.browser import (
@@ -24,6 +25,7 @@ from tools.browser import (
     by_css,
     chromium,
     click_tab,
+    edit_in_page,
     generate_in_page,
     upload,
     wait_for,
@@ -83,8 +85,12 @@ def main(argv=None):
         screenshot(page, out / "generate.png")
 
         click_tab(page, "Counterfactual")
-        upload(page, "slice-upload", test_files[len(test_files) // 2])
+        shown = test_files[len(test_files) // 2]
+        upload(page, "slice-upload", shown)
         wait_for(page, lambda p: "Judge" in by_css(p, "#slice-notes").text, 600, "the judge")
+        t_edit = time.time()
+        edit_in_page(page, source_label="AD", level=level_beside(shown))
+        edit_seconds = time.time() - t_edit
         screenshot(page, out / "counterfactual.png")
 
         click_tab(page, "Map")
@@ -107,12 +113,14 @@ def main(argv=None):
         "click_to_gallery_seconds": [round(s, 2) for s in seconds],
         "click_to_gallery_median_seconds": round(statistics.median(seconds), 2),
         "server_start_seconds": round(started, 1), "map_seconds": round(map_seconds, 1),
+        "edit_click_to_result_seconds": round(edit_seconds, 1),
         "server_peak_rss_mib": round(rss),
     }
     write_json(out / "tour.json", record)
     print(f"click to gallery ({args.num_images} images): median "
           f"{record['click_to_gallery_median_seconds']} s of {record['click_to_gallery_seconds']}"
           f"; server start {record['server_start_seconds']} s; map {record['map_seconds']} s; "
+          f"one edit {record['edit_click_to_result_seconds']} s; "
           f"server peak memory {record['server_peak_rss_mib']} MiB; screenshots in {out}")
 
 

@@ -173,10 +173,28 @@ def generate_in_page(page, *, label: str, num_images: int, seed: int,
 
 
 def upload(page, elem_id: str, path: Path) -> None:
-    """Choose ``path`` in a file field, as the file dialog would (the driver needs it absolute)."""
+    """Choose ``path`` in a file field, as the file dialog would (the driver needs it absolute);
+    a file already there is cleared first with the field's x, as a person would."""
+    for clear in page.find_elements("css selector", f"#{elem_id} button[aria-label=Clear]"):
+        clear.click()
     field = wait_for(page, lambda p: by_css(p, f"#{elem_id} input[type=file]"),
                      what=f"the file field #{elem_id}")
     field.send_keys(str(Path(path).resolve()))
+
+
+def edit_in_page(page, *, source_label: str, level: float | None = None,
+                 timeout: float = 300) -> str:
+    """On the Counterfactual tab, with a slice uploaded: give its label (and level, for a
+    level-conditioned model), click Edit, wait for the counterfactual and its notes; returns
+    the notes."""
+    choose(page, "edit-source", source_label)
+    if level is not None:
+        set_field(page, "edit-level", f"{level:.3f}")
+    by_css(page, "#edit-btn").click()
+    return wait_for(page, lambda p: p.find_elements("css selector", "#edit-image img")
+                    and p.find_elements("css selector", "#edit-difference img")
+                    and "->" in by_css(p, "#edit-notes").text
+                    and by_css(p, "#edit-notes").text, timeout, "the counterfactual")
 
 
 def toast_text(page, timeout: float = 60) -> str:

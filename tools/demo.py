@@ -29,12 +29,15 @@ from pipelines.plots import grid, save_png
 from tools.level_figure import level_figure
 
 SHARP_FROM = 128  # px: the resolution from which the (1/4, 1/2] band can exist at all
+PAIR_PATIENTS = 3  # test patients per class rendered again at the other class's severity
+EDITS_PER_DIRECTION = 12  # slices the demo edits and scores per direction (of 60 pairs)
 
 
 def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
     py = sys.executable
     return [
-        ("stand-in data", [py, "-m", "tools.phantom", "--out", str(data)]),
+        ("stand-in data", [py, "-m", "tools.phantom", "--out", str(data), "--counterfactuals",
+                           str(PAIR_PATIENTS)]),
         ("inspect", [py, "-m", "pipelines.data", "inspect", str(data)]),
         ("train VAE", [py, "train_vae.py", "--config", config, "--data", str(data),
                        "--output_dir", str(out / "vae_run"), "--resume_from_checkpoint",
@@ -48,6 +51,9 @@ def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
                    "--out", str(out / "embedding"), "--with_generated", "100"]),
         ("evaluate", [py, "evaluate.py", "--model", str(out / "model"), "--data", str(data),
                       "--out", str(out / "eval")]),
+        ("counterfactuals", [py, "edit.py", "--model", str(out / "model"), "--data", str(data),
+                             "--evaluate", "--num_images", str(EDITS_PER_DIRECTION), "--out",
+                             str(out / "counterfactual")]),
     ]
 
 
@@ -55,8 +61,9 @@ def run_stages(config: str, data: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     t_all = time.time()
-    for i, (name, cmd) in enumerate(stages(config, data, out), 1):
-        print(f"\n=== [{i}/7] {name}: {' '.join(cmd[1:])}", flush=True)
+    todo = stages(config, data, out)
+    for i, (name, cmd) in enumerate(todo, 1):
+        print(f"\n=== [{i}/{len(todo)}] {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
@@ -181,6 +188,35 @@ def level_targets(levels: dict | None) -> list[str]:
     return rows
 
 
+def counterfactual_targets(truth: dict) -> list[str]:
+    """Issue #17's targets for the edits, per direction, from edit.py --evaluate's truth.json
+    (a number that could not be computed, e.g. an AUC without changed pixels, is n/a)."""
+    if not truth:
+        return []
+
+    def at_least(name, value, goal):
+        if value is None:
+            return check(name, "n/a", f">= {goal}", None)
+        return check(name, f"{value:.3f}", f">= {goal}", value >= goal)
+
+    rows = ["| target | measured | goal | |", "|---|---|---|---|"]
+    for direction, block in truth["directions"].items():
+        found = block["rows"]
+        edit = found[f"edit ({truth['method']})"]
+        others = [row["mae_to_truth"] for name, row in found.items()
+                  if name.startswith("baseline")]
+        rows += [at_least(f"{direction} flip rate", edit["flip_rate"], 0.8),
+                 at_least(f"{direction} localisation AUC", edit["localisation_auc"], 0.75),
+                 at_least(f"{direction} closer to the truth than the source",
+                          edit["closer_than_source"], 0.7),
+                 check(f"{direction} MAE to the truth, edit vs baselines",
+                       f"{edit['mae_to_truth']:.2f} vs " + ", ".join(f"{m:.2f}" for m in others),
+                       "below both", all(edit["mae_to_truth"] < m for m in others)),
+                 at_least(f"{direction} identity SSIM outside the changed pixels",
+                          edit["identity_ssim"], 0.9)]
+    return rows
+
+
 def write_report(data: Path, out: Path) -> Path:
     timing, vae = _load(out / "timings.json"), _load(out / "vae_run" / "metrics.json")
     unet, ev = _load(out / "model" / "metrics.json"), _load(out / "eval" / "metrics.json")
@@ -207,6 +243,15 @@ def write_report(data: Path, out: Path) -> Path:
         lines += ["## Evaluation", "", (out / "eval" / "metrics.md").read_text(),
                   "![closest pairs](eval/closest_pairs.png)", "",
                   "![power spectra, generated vs real](eval/spectrum.png)", ""]
+    truth = _load(out / "counterfactual" / "truth.json")
+    if truth:
+        lines += ["## Counterfactuals against the truth (issue 17)", "",
+                  "Test slices edited to the other label (`edit.py --evaluate`), scored against "
+                  "the same patients rendered at the other class's severity. Columns: source, "
+                  "edit, truth, edit - source, truth - source; AD->NC above, NC->AD below.", "",
+                  "![counterfactuals](counterfactual/truth_panel.png)", "",
+                  *counterfactual_targets(truth), "",
+                  (out / "counterfactual" / "truth.md").read_text(), ""]
     if emb.is_file():
         lines += ["## Embedding", "", "See [embedding/embedding.md](embedding/embedding.md).",
                   "", "![embedding](embedding/embedding.png)", ""]
