@@ -30,7 +30,7 @@ from tools.level_figure import level_figure
 
 SHARP_FROM = 128  # px: the resolution from which the (1/4, 1/2] band can exist at all
 PAIR_PATIENTS = 3  # test patients per class rendered again at the other class's severity
-EDITS_PER_DIRECTION = 12  # slices the demo edits and scores per direction (of 60 pairs)
+EDITS_PER_DIRECTION = 8  # slices the demo edits and scores per direction (of 60 pairs)
 
 
 def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
