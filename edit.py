@@ -32,7 +32,7 @@ from pipelines.counterfactual_eval import evaluate_edits, read_pairs
 from pipelines.data import load_split
 from pipelines.errors import UserError, cli_entry
 from pipelines.judge import judge_for
-from pipelines.ldm.pipeline_adni import CHANGE_FROM, EDIT_METHODS
+from pipelines.ldm.pipeline_adni import CHANGE_FROM, EDIT_METHODS, REFINE
 from pipelines.sampling import check_level_model, load_pipeline, sampling_settings, saved_config
 
 
@@ -57,6 +57,9 @@ def main(argv=None):
                         help="the source plus the decoded edit minus: the same path under the "
                              "source's label (null_edit), or the decoded source (reconstruction);"
                              " or none: the decoded edit itself")
+    parser.add_argument("--refine", default="guided", choices=REFINE,
+                        help="bring the change to the native size through a guided filter with "
+                             "the source as guide (guided), or resized only (none)")
     parser.add_argument("--seed", type=int, default=0, help="SDEdit's noise")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--evaluate", action="store_true", help="instead: score edits of both "
@@ -97,14 +100,14 @@ def main(argv=None):
         evaluate_edits(pipe, judge, pairs, args.data, out, settings=settings,
                        strength=args.strength, method=args.method, seed=args.seed,
                        batch_size=batch_size, change_from=args.change_from,
-                       record={"model": str(args.model)})
+                       refine=args.refine, record={"model": str(args.model)})
         print(open(f"{out}/truth.md").read())
         return
     out = args.out or f"{args.model}/edit"
     record = edit_to_folder(pipe, judge, sources, args.to, out, settings=settings,
                             strength=args.strength, method=args.method, seed=args.seed,
                             batch_size=batch_size, change_from=args.change_from,
-                            record={"model": str(args.model)})
+                            refine=args.refine, record={"model": str(args.model)})
     for note in record["converted"]:
         print(f"converted {note['file']}: {note['reason']}")
     summary = record["summary"]

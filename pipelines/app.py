@@ -381,9 +381,10 @@ def truth_summary(session: AppSession) -> str:
     parts = []
     for direction, block in record["directions"].items():
         edit = block["rows"][f"edit ({record['method']})"]
+        auc = edit["localisation_auc"]  # null where no pixel truly changed
         parts.append(f"{direction} flip rate {edit['flip_rate']:.2f}, closer to the truth than "
                      f"the source in {edit['closer_than_source']:.0%}, localisation AUC "
-                     f"{edit['localisation_auc']:.2f}")
+                     + ("n/a" if auc is None else f"{auc:.2f}"))
     return (f"Against the truth (`{folder}`, {record['method']}, strength "
             f"{record['strength']:g}): " + "; ".join(parts))
 

@@ -143,7 +143,8 @@ def make_editor(pipe: ADNIDiffusionPipeline) -> ADNICounterfactualPipeline:
 
 def run_edits(editor, sources: list[Source], targets: list[int], *, strength: float,
               method: str, guidance_scale: float, num_inference_steps: int, seed: int,
-              batch_size: int, change_from: str = "null_edit", progress: bool = True) -> np.ndarray:
+              batch_size: int, change_from: str = "null_edit", refine: str = "guided",
+              progress: bool = True) -> np.ndarray:
     """(N, H, W) uint8 counterfactuals at each source's native size (the model's 256x240).
 
     Each slice's SDEdit noise comes from its own seed, so results do not depend on batching.
@@ -167,7 +168,8 @@ def run_edits(editor, sources: list[Source], targets: list[int], *, strength: fl
         images = editor([s.pixels for s in batch], [s.label for s in batch],
                         targets[start : start + len(batch)], strength=strength, method=method,
                         guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                        generator=gens, change_from=change_from, output_type="np",
+                        generator=gens, change_from=change_from, refine=refine,
+                        output_type="np",
                         slice_positions=[s.position for s in batch] if levels else None).images
         outs.append(np.rint(images[..., 0] * 255).astype(np.uint8))
     return np.concatenate(outs)
@@ -288,7 +290,8 @@ def save_panel(sources, edited: np.ndarray, rows: list[dict], scale: float, path
 
 def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, settings: dict,
                    strength: float, method: str, seed: int, batch_size: int,
-                   change_from: str = "null_edit", record: dict | None = None) -> dict:
+                   change_from: str = "null_edit", refine: str = "guided",
+                   record: dict | None = None) -> dict:
     """Edit ``sources`` towards ``to`` and write OUT/<stem>.png, OUT/difference/<stem>.png,
     OUT/panel.png and OUT/edit.json; returns the edit.json record."""
     stems = [s.path.stem for s in sources]
@@ -303,7 +306,7 @@ def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, sett
     edited = run_edits(make_editor(pipe), sources, targets, strength=strength, method=method,
                        guidance_scale=settings["guidance_scale"],
                        num_inference_steps=settings["num_inference_steps"], seed=seed,
-                       batch_size=batch_size, change_from=change_from)
+                       batch_size=batch_size, change_from=change_from, refine=refine)
     seconds = time.time() - t0
     rows = per_slice_numbers(sources, edited, targets, judge)
     scale = difference_scale(sources, edited)
@@ -318,7 +321,7 @@ def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, sett
     save_panel(sources, edited, rows, scale, out_dir / "panel.png", heading)
     flipped = [r["p_target_after"] > 0.5 for r in rows if r["target_label"] != r["source_label"]]
     record = {**(record or {}), "method": method, "strength": strength, "to": to,
-              "change_from": change_from, "seed": seed, **settings,
+              "change_from": change_from, "refine": refine, "seed": seed, **settings,
               "difference_scale": round(scale, 2), "seconds": round(seconds, 1),
               "summary": {
                   "slices": len(rows),

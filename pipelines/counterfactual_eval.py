@@ -136,7 +136,8 @@ def reconstructions(editor, sources: list[Source], batch_size: int) -> np.ndarra
 
 def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: dict,
                    strength: float, method: str, seed: int, batch_size: int,
-                   change_from: str = "null_edit", record: dict | None = None) -> dict:
+                   change_from: str = "null_edit", refine: str = "guided",
+                   record: dict | None = None) -> dict:
     """Score the edit, its baselines and the null edit against the paired truth (``pairs``:
     :func:`read_pairs` of ``data_root``); writes
     OUT/truth.json, OUT/truth.md and OUT/truth_panel.png (source | edit | truth | their
@@ -148,9 +149,11 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
     other = [m for m in EDIT_METHODS if m != method][0]
     kwargs = {"strength": strength, "guidance_scale": settings["guidance_scale"],
               "num_inference_steps": settings["num_inference_steps"], "seed": seed,
-              "batch_size": batch_size, "change_from": change_from, "progress": False}
+              "batch_size": batch_size, "change_from": change_from, "refine": refine,
+              "progress": False}
     record = {**(record or {}), "method": method, "strength": strength,
-              "change_from": change_from, **settings, "changed_level": CHANGED_LEVEL,
+              "change_from": change_from, "refine": refine, **settings,
+              "changed_level": CHANGED_LEVEL,
               "directions": {}}
     panel_rows = []
     for direction, (sources, truths) in pairs.items():
@@ -198,8 +201,9 @@ def truth_table(record: dict) -> str:
              "mean_abs_change_in_brain": "mean change in brain"}
     lines = [f"Edits: {record['method']}, strength {record['strength']}, guidance "
              f"{record['guidance_scale']}, {record['num_inference_steps']} DDIM steps, "
-             f"change from {record['change_from']}. MAE and change in grey levels inside the "
-             f"brain; truly changed pixels: |truth - source| > {record['changed_level']}.", ""]
+             f"change from {record['change_from']}, refined {record.get('refine', 'none')}. MAE "
+             "and change in grey levels inside the brain; truly changed pixels: |truth - source| "
+             f"> {record['changed_level']}.", ""]
     for direction, block in record["directions"].items():
         lines += [f"**{direction}** ({block['slices']} slices)", "",
                   "| | " + " | ".join(names.values()) + " |",

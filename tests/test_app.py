@@ -254,3 +254,22 @@ def test_editing_a_slice_writes_what_edit_py_writes(session, tiny_model, tiny_le
     _, _, notes, _ = edit_slice(level_session, None, str(upload), "NC", "AD", 0.4, "inversion",
                                 2.0, "0.3")
     assert "slice level 0.30" in notes
+
+
+def test_the_edit_notes_say_how_the_model_scored_against_the_truth(tiny_model, tmp_path):
+    """A model scored by edit.py --evaluate (MODEL/edit_truth) gets its numbers beside each edit,
+    an AUC that could not be computed (null) as n/a."""
+    import json
+    import shutil
+
+    from pipelines.app import truth_summary
+
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    edit = {"flip_rate": 0.75, "closer_than_source": 0.5, "localisation_auc": None}
+    record = {"method": "inversion", "strength": 0.4,
+              "directions": {"NC->AD": {"rows": {"edit (inversion)": edit}}}}
+    (model / "edit_truth").mkdir()
+    (model / "edit_truth" / "truth.json").write_text(json.dumps(record))
+    text = truth_summary(AppSession(model))
+    assert "NC->AD flip rate 0.75, closer to the truth than the source in 50%" in text
+    assert "localisation AUC n/a" in text and "strength 0.4" in text

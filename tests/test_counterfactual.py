@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.ldm.pipeline_adni import ADNICounterfactualPipeline
+from pipelines.ldm.pipeline_adni import ADNICounterfactualPipeline, guided_filter
 from pipelines.sampling import load_pipeline
 
 
@@ -54,6 +54,24 @@ def test_the_null_edit_is_near_identity(edit, slices):
     assert np.array_equal(np.rint(exact), source)
 
 
+def test_the_guided_filter_gives_a_coarse_change_the_sources_edge():
+    """A change drawn 4x coarser than the source (blurred across a ventricle-like wall) comes
+    back with a step at the wall, where the source has its edge; no change stays exactly none."""
+    from scipy.ndimage import gaussian_filter
+
+    x = np.arange(64)
+    guide = np.where(x < 30, 0.2, 0.8)[None].repeat(32, 0)  # a wall between columns 29 and 30
+    sharp = np.where((x >= 26) & (x < 30), -0.2, 0.0)[None].repeat(32, 0)  # darkens inside it
+    coarse = gaussian_filter(sharp, 4.0)
+    refined = guided_filter(guide, coarse, radius=4)
+
+    def jump(change):
+        return abs(change[0, 29] - change[0, 30])
+
+    assert jump(refined) > 2 * jump(coarse)
+    assert np.array_equal(guided_filter(guide, np.zeros_like(guide), 4), np.zeros_like(guide))
+
+
 def test_sdedit_is_deterministic_with_a_generator_and_outputs_keep_their_size(edit, slices):
     def run(**kwargs):
         return edit(slices, "NC", "AD", strength=0.5, method="sdedit", num_inference_steps=4,
@@ -70,6 +88,7 @@ def test_sdedit_is_deterministic_with_a_generator_and_outputs_keep_their_size(ed
 @pytest.mark.parametrize("kwargs, words", [
     ({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"),
     ({"method": "ddpm"}, "unknown method"), ({"change_from": "x"}, "unknown change_from"),
+    ({"refine": "bilateral"}, "unknown refine"),
     ({"target_labels": "MCI"}, "unknown label"),
     ({"images": [Image.new("RGB", (256, 240))]}, "mode RGB"),
     ({"target_labels": ["AD", "NC", "AD"]}, "one per image"),
