@@ -1,4 +1,4 @@
-"""The browser app over a trained model folder: generate, read a slice, the map, the model card.
+"""The browser app over a trained model folder: generate, edit a slice, the map, the model card.
 
 Why Gradio: it is how people who use Hugging Face models expect to try one (every Space is a
 Gradio app), and it gives the queue, progress bars and error messages in the page. The app serves
