@@ -4,7 +4,9 @@
     python edit.py --data data/phantom --split test --num_images 8 --to flip --method sdedit
 
 Each slice is encoded with the model's VAE, inverted under its own label (DDIM inversion) or
-noised (SDEdit) to --strength, and denoised under the target label with classifier-free guidance.
+noised (SDEdit) to --strength, and denoised under the target label with classifier-free guidance;
+the change, made at the model's resolution, reaches 256x240 along the source's own edges (a guided
+filter; --refine none resizes it only).
 Writes per slice the counterfactual (8-bit PNG at 256x240, named after its source) and a signed
 difference map over the source (one scale for the run), panel.png (source | counterfactual |
 difference) and edit.json (the judge's probability of the target label before and after, SSIM to
