@@ -83,6 +83,7 @@ def read_source(path, label=None, position: float | None = None) -> Source:
             raise UserError(f"--image {path}: its folder is not AD or NC, so its label is "
                             "unknown; give it with --label AD|NC")
         label = path.parent.name
+    label = label_id(label)  # a bad label is named before the file is read
     pixels, note = read_slice_file(path, f"--image {path}")
     return as_source(path, pixels, note, label, position)
 
