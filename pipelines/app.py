@@ -279,14 +279,8 @@ def read_slice(session: AppSession, picked: str | None, uploaded: str | None = N
                progress=None):
     """The Counterfactual tab, for now: (slice image, notes, judge probabilities) of a test
     slice (``picked``, a path relative to the data folder) or an uploaded file."""
-    if uploaded:
-        pixels, note = read_upload(uploaded)
-        source, true_label = f"upload `{Path(uploaded).name}`", None
-    elif picked:
-        pixels, note = read_upload(_test_slice(session, picked))
-        source, true_label = f"`{picked}`", picked.split("/")[1]
-    else:
-        raise AppError("pick a test slice or upload one")
+    path, pixels, note, true_label = _chosen_slice(session, picked, uploaded)
+    source = f"upload `{path.name}`" if uploaded else f"`{picked}`"
     resolution = session.cfg.data.resolution
     model_pixels = to_model_input(pixels, resolution)  # what the model and the judge see
     shown = to_native(model_pixels)
@@ -308,17 +302,13 @@ def edit_slice(session: AppSession, picked: str | None, uploaded: str | None, so
     if not session.saved:
         raise AppError(f"edits need a latent diffusion model; {session.model_dir} is a "
                        f"{session.kind}")
-    if uploaded:
-        if source_label not in CLASS_NAMES:
-            raise AppError("Source label: choose AD or NC for an uploaded slice (a test slice's "
-                           "label is its folder's)")
-        pixels, note = read_upload(uploaded)
-        path, label = Path(uploaded), source_label
-    elif picked:
-        path = _test_slice(session, picked)
-        (pixels, note), label = read_upload(path), picked.split("/")[1]
-    else:
+    if not (uploaded or picked):
         raise AppError("pick a test slice or upload one, then press Edit")
+    if uploaded and source_label not in CLASS_NAMES:
+        raise AppError("Source label: choose AD or NC for an uploaded slice (a test slice's "
+                       "label is its folder's)")
+    path, pixels, note, label = _chosen_slice(session, picked, uploaded)
+    label = label or source_label
     if target not in EDIT_TARGETS:
         raise AppError(f"Edit to: choose one of {', '.join(EDIT_TARGETS)}, got {target!r}")
     try:
@@ -358,6 +348,17 @@ def edit_slice(session: AppSession, picked: str | None, uploaded: str | None, so
              *([f"Conversion: {source.note}"] if source.note else []), truth_summary(session)]
     return (str(folder / row["output"]), str(folder / row["difference"]), "  \n".join(lines),
             str(folder / "edit.json"))
+
+
+def _chosen_slice(session: AppSession, picked: str | None, uploaded: str | None):
+    """(path, pixels, conversion, true label or None) of the upload, else the picked test
+    slice; the Counterfactual tab's one way of reading its input."""
+    if uploaded:
+        return Path(uploaded), *read_upload(uploaded), None
+    if picked:
+        path = _test_slice(session, picked)
+        return path, *read_upload(path), picked.split("/")[1]
+    raise AppError("pick a test slice or upload one")
 
 
 def _test_slice(session: AppSession, picked: str) -> Path:

@@ -241,7 +241,6 @@ class ADNIDiffusionPipeline(SlicePipeline):
         native_size: bool = True,
         return_dict: bool = True,
         slice_positions=None,
-        refine: str = "guided",
     ):
         """Sample ``num_images_per_label`` slices for each entry of ``class_labels``.
 
