@@ -2,7 +2,8 @@
 
 No real patient has both an AD and an NC scan, but the stand-in generator can render a test
 patient again at the other class's severity (``tools.phantom --counterfactuals K``, in
-``DATA/counterfactual/``). Per direction (NC->AD, AD->NC) this module scores the model's edit,
+``DATA/counterfactual/``; by default at the same rank in the other class's severity distribution,
+the rule recorded with the scores). Per direction (NC->AD, AD->NC) this module scores the model's edit,
 the other edit method at the same strength, and adding the training set's mean AD-minus-NC image,
 with the source itself (and its VAE reconstruction) as the reference a useful edit must beat:
 
@@ -75,6 +76,13 @@ def read_pairs(root, per_direction: int | None = None) -> dict[str, tuple[list[S
               for key, (sources, _) in pairs.items()}
     return {key: ([sources[i] for i in picked[key]], np.stack([truths[i] for i in picked[key]]))
             for key, (sources, truths) in sorted(pairs.items())}
+
+
+def pairs_rule(root) -> str:
+    """How the truth's severities were chosen (``tools.phantom --counterfactual_rule``); sets
+    written before the rule existed used the other class's mean, ``typical``."""
+    manifest = json.loads((Path(root) / COUNTERFACTUAL_DIR / PAIRS_MANIFEST).read_text())
+    return manifest.get("counterfactual_rule", "typical")
 
 
 def mean_class_difference(root) -> np.ndarray:
@@ -153,7 +161,7 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
               "progress": False}
     record = {**(record or {}), "method": method, "strength": strength,
               "change_from": change_from, "refine": refine, **settings,
-              "changed_level": CHANGED_LEVEL,
+              "changed_level": CHANGED_LEVEL, "truth_rule": pairs_rule(data_root),
               "directions": {}}
     panel_rows = []
     for direction, (sources, truths) in pairs.items():
@@ -203,7 +211,8 @@ def truth_table(record: dict) -> str:
              f"{record['guidance_scale']}, {record['num_inference_steps']} DDIM steps, "
              f"change from {record['change_from']}, refined {record.get('refine', 'none')}. MAE "
              "and change in grey levels inside the brain; truly changed pixels: |truth - source| "
-             f"> {record['changed_level']}.", ""]
+             f"> {record['changed_level']}; the truth's severities by the "
+             f"{record.get('truth_rule', 'typical')} rule.", ""]
     for direction, block in record["directions"].items():
         lines += [f"**{direction}** ({block['slices']} slices)", "",
                   "| | " + " | ".join(names.values()) + " |",

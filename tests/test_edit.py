@@ -78,6 +78,7 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
         assert rows["null edit (target = source label)"]["mean_abs_change_in_brain"] == 0
     assert (out / "truth.md").is_file() and (out / "truth_panel.png").is_file()
     assert record["model"] == str(tiny_model) and record["guidance_scale"] == 2.0  # edit default
+    assert record["truth_rule"] == "rank" and "by the rank rule" in (out / "truth.md").read_text()
     code, err = run_main("edit.py", "--model", tiny_model, "--data", data, "--evaluate",
                          "--num_images", "2", "--num_inference_steps", "2", "--out",
                          tmp_path / "two", capsys=capsys)
@@ -90,6 +91,7 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
     rows = counterfactual_targets(record)  # the demo report's verdicts, 5 per direction
     assert len(rows) == 2 + 2 * 5
     assert all(r.endswith(("| met |", "| MISSED |", "| n/a |")) for r in rows[2:])
+    assert "(the truth itself: " in rows[2]  # the judge's own ceiling beside the flip rate
     shutil.copytree(out, tmp_path / "demo" / "counterfactual")
     report = write_report(data, tmp_path / "demo").read_text()
     assert "## Counterfactuals against the truth" in report and "NC->AD flip rate" in report

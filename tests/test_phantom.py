@@ -199,13 +199,30 @@ def test_counterfactuals_leave_the_set_unchanged_and_are_deterministic(small_set
     assert manifest["counterfactuals"] == 1 and len(manifest["patients"]) == 2
     for record in manifest["patients"]:
         assert record["target"] == phantom.other_label(record["label"])
-        assert record["counterfactual_severity"] == phantom.typical_severity(record["target"])
+        assert record["counterfactual_severity"] == pytest.approx(
+            phantom.counterfactual_severity(record["severity"], record["label"]), abs=1e-3)
         for name in record["files"]:  # each truth has its source of the same name
             source = paired_set / record["source"] / name
             truth = paired_set / record["folder"] / name
             with Image.open(source) as a, Image.open(truth) as b:
                 assert a.size == b.size == NATIVE_SIZE and a.mode == b.mode == "L"
                 assert a.quantization == b.quantization  # the same JPEG quality
+
+
+def test_the_rank_rule_moves_every_patient_the_way_its_label_does():
+    """The default counterfactual keeps the patient's quantile: NC patients gain severity, AD
+    patients lose it, and their order is kept; the other class's mean (``typical``) would give
+    an AD patient drawn below it more atrophy as its "without AD" version."""
+    grid = np.linspace(0.01, 0.99, 25)
+    for label, sign in (("NC", 1), ("AD", -1)):
+        moved = [phantom.counterfactual_severity(s, label) for s in grid]
+        assert all(sign * (m - s) > 0 for s, m in zip(grid, moved, strict=True)), label
+        assert np.all(np.diff(moved) > 0) and all(0 <= m <= 1 for m in moved)
+        back = [phantom.counterfactual_severity(m, phantom.other_label(label)) for m in moved]
+        assert np.allclose(back, grid, atol=1e-6)  # the two directions invert each other
+    assert phantom.counterfactual_severity(0.15, "AD", "typical") > 0.15
+    with pytest.raises(ValueError, match="unknown counterfactual rule"):
+        phantom.counterfactual_severity(0.5, "AD", "mean")
 
 
 def test_pairs_differ_only_where_the_atrophy_acts():

@@ -15,8 +15,13 @@ overlap (AD mean 0.6, NC mean 0.2: NC gets mild age-like changes), so the classe
 systematically but not trivially.
 
 Paired truth for counterfactuals (``--counterfactuals K``): the first K test patients of each
-class rendered again at the other class's typical severity (the mean of its Beta), everything else
-as drawn: anatomy, contrast, bias field, noise and JPEG quality. They are written to
+class rendered again at the other class's severity, everything else as drawn: anatomy, contrast,
+bias field, noise and JPEG quality. Which severity (``--counterfactual_rule``): ``rank`` (default)
+keeps the patient's rank, the quantile of its severity in its own class's Beta mapped to the same
+quantile of the other class's (Pearl's abduction for the structural equation severity =
+F_label^-1(U): the patient's U is kept, the label changed), so every pair moves the way the label
+does; ``typical`` gives every patient the other class's mean, which for an AD patient drawn below
+the NC mean renders its "without AD" version with *more* atrophy. They are written to
 ``counterfactual/<NC_to_AD|AD_to_NC>/`` under the same file names as their sources in ``test/``,
 with ``counterfactual/counterfactual.json`` holding both severities; the data layer never reads
 that folder as labelled data, and the train/test images are the same bytes with or without it.
@@ -46,6 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
+from scipy import stats
 
 from pipelines.data import CLASS_NAMES, COUNTERFACTUAL_DIR, NATIVE_SIZE, PAIRS_MANIFEST, SPLITS
 from pipelines.errors import UserError, cli_entry
@@ -236,8 +242,11 @@ def draw_patient(seed: int, split: str, label: str, index: int, pid: str) -> Pat
     )
 
 
+COUNTERFACTUAL_RULES = ("rank", "typical")
+
+
 def typical_severity(label: str) -> float:
-    """The mean of a class's severity distribution: what a counterfactual of that class gets."""
+    """The mean of a class's severity distribution (the ``typical`` rule's severity)."""
     a, b = SEVERITY_BETA[label]
     return a / (a + b)
 
@@ -246,14 +255,30 @@ def other_label(label: str) -> str:
     return CLASS_NAMES[1 - CLASS_NAMES.index(label)]
 
 
-def counterfactual(patient: Patient) -> Patient:
-    """The same patient at the other class's typical severity, nothing else changed.
+def counterfactual_severity(severity: float, label: str, rule: str = "rank") -> float:
+    """The severity of a ``label`` patient's counterfactual under the other label.
+
+    ``rank``: the same quantile of the other class's Beta as ``severity`` is of its own class's;
+    ``typical``: the other class's mean, whatever the patient's own severity.
+    """
+    target = other_label(label)
+    if rule == "typical":
+        return typical_severity(target)
+    if rule != "rank":
+        raise ValueError(f"unknown counterfactual rule {rule!r}; one of {COUNTERFACTUAL_RULES}")
+    rank = stats.beta.cdf(severity, *SEVERITY_BETA[label])
+    return float(stats.beta.ppf(rank, *SEVERITY_BETA[target]))
+
+
+def counterfactual(patient: Patient, rule: str = "rank") -> Patient:
+    """The same patient under the other label's severity (``rule``), nothing else changed.
 
     Severity acts only through the atrophy warps and the sulcal loss at render time, so the brain
     box, bias field and noise draws are those of the patient as drawn: the pair differs only
     where the atrophy acts.
     """
-    return replace(patient, severity=typical_severity(other_label(patient.label)))
+    return replace(patient, severity=counterfactual_severity(patient.severity, patient.label,
+                                                             rule))
 
 
 def frame_mm(patient: Patient, slices: int, rows=None, cols=None):
@@ -408,7 +433,7 @@ class Job:
     index: int
     pid: str
     slices: int
-    counterfactual: bool = False  # render at the other class's typical severity (paired truth)
+    counterfactual: str = ""  # a rule of COUNTERFACTUAL_RULES: render the paired truth by it
 
     @property
     def folder(self) -> Path:
@@ -447,7 +472,7 @@ def slice_names(job: Job) -> list[str]:
 def write_patient(job: Job) -> dict:
     """Render and write one patient's slices; returns what the manifest records about them."""
     drawn = draw_patient(job.seed, job.split, job.label, job.index, job.pid)
-    patient = counterfactual(drawn) if job.counterfactual else drawn
+    patient = counterfactual(drawn, job.counterfactual) if job.counterfactual else drawn
     names = slice_names(job)
     for name, pixels in zip(names, render(patient, job.slices), strict=True):
         write_atomic(job.folder / name, encode_jpeg(pixels, patient.quality))
@@ -555,12 +580,14 @@ def _write_jobs(jobs: list[Job], workers: int) -> tuple[list[dict], float]:
 
 
 def write_phantom(out_dir, train_patients: int = 42, test_patients: int = 10, slices: int = 20,
-                  seed: int = 0, workers: int = 2, counterfactuals: int = 0) -> dict:
+                  seed: int = 0, workers: int = 2, counterfactuals: int = 0,
+                  counterfactual_rule: str = "rank") -> dict:
     """Write the stand-in set to ``out_dir``; returns image counts {split: {class: n}}.
 
     ``train_patients`` and ``test_patients`` are per class. A folder that already holds the
     complete set for the same parameters is left as it is. ``counterfactuals``: also write the
-    paired truth of that many test patients per class (:func:`write_counterfactuals`).
+    paired truth of that many test patients per class (:func:`write_counterfactuals`), their
+    severities by ``counterfactual_rule``.
     """
     _check(train_patients, test_patients, slices, seed, workers, counterfactuals)
     out = Path(out_dir)
@@ -583,20 +610,21 @@ def write_phantom(out_dir, train_patients: int = 42, test_patients: int = 10, sl
         print(f"wrote {total} slices from {len(jobs)} patients to {out} in {seconds:.1f} s "
               f"({workers} worker{'s' if workers > 1 else ''})")
     if counterfactuals:
-        write_counterfactuals(out, params, jobs, counterfactuals, workers)
+        write_counterfactuals(out, params, jobs, counterfactuals, workers,
+                              counterfactual_rule)
     return counts
 
 
 def write_counterfactuals(out: Path, params: dict, jobs: list[Job], per_class: int,
-                          workers: int) -> Path:
+                          workers: int, rule: str = "rank") -> Path:
     """The paired truth: the first ``per_class`` test patients of each class at the other class's
-    typical severity, in ``out/counterfactual/``; returns its manifest's path.
+    severity by ``rule``, in ``out/counterfactual/``; returns its manifest's path.
 
     Written after the set itself, with its own manifest (last), so asking for more or fewer
     pairs never rewrites the train/test images.
     """
-    params = {**params, "counterfactuals": per_class}
-    pairs = [replace(job, counterfactual=True) for job in jobs
+    params = {**params, "counterfactuals": per_class, "counterfactual_rule": rule}
+    pairs = [replace(job, counterfactual=rule) for job in jobs
              if job.split == "test" and job.index < per_class]
     folder = out / COUNTERFACTUAL_DIR
     if _is_complete(folder, PAIRS_MANIFEST, params, pairs):
@@ -606,8 +634,9 @@ def write_counterfactuals(out: Path, params: dict, jobs: list[Job], per_class: i
     (folder / PAIRS_MANIFEST).unlink(missing_ok=True)
     _remove_stale([pair_folder(out, label) for label in CLASS_NAMES], _expected(pairs))
     records, seconds = _write_jobs(pairs, workers)
-    severities = {label: round(typical_severity(other_label(label)), 4) for label in CLASS_NAMES}
-    manifest = {**params, "severity_of_target": {other_label(k): v for k, v in severities.items()},
+    rules = {"rank": "the patient's quantile in its class's severity Beta, mapped to the same "
+                     "quantile of the target class's", "typical": "the target class's mean"}
+    manifest = {**params, "counterfactual_severity": rules[rule], "severity_beta": SEVERITY_BETA,
                 "note": "each file is the patient of the same name in its source folder, "
                         "rendered at counterfactual_severity; nothing else differs",
                 "seconds": round(seconds, 1), "patients": records}
@@ -675,9 +704,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="test patients per class also rendered at the other class's "
                              "severity, in OUT/counterfactual/ (the truth edit.py is measured "
                              "against)")
+    parser.add_argument("--counterfactual_rule", choices=COUNTERFACTUAL_RULES, default="rank",
+                        help="the counterfactual's severity: rank = the patient's quantile in its "
+                             "class mapped to the other class's (default); typical = the other "
+                             "class's mean")
     args = parser.parse_args(argv)
     write_phantom(args.out, args.train_patients, args.test_patients, args.slices, args.seed,
-                  args.workers, args.counterfactuals)
+                  args.workers, args.counterfactuals, args.counterfactual_rule)
     if args.figure:
         print(f"saved {examples_figure(args.out, args.figure)}")
     return 0
