@@ -1,11 +1,12 @@
 """Counterfactual edits measured against the truth: the stand-in set's paired renderings.
 
-No real patient has both an AD and an NC scan, but the stand-in generator can render a test
-patient again at the other class's severity (``tools.phantom --counterfactuals K``, in
+No real patient has both an AD and an NC scan, but the stand-in generator can render a test patient
+again at the other class's severity (``tools.phantom --counterfactuals K``, in
 ``DATA/counterfactual/``; by default at the same rank in the other class's severity distribution,
-the rule recorded with the scores). Per direction (NC->AD, AD->NC) this module scores the model's edit,
-the other edit method at the same strength, and adding the training set's mean AD-minus-NC image,
-with the source itself (and its VAE reconstruction) as the reference a useful edit must beat:
+the rule recorded with the scores). Per direction (NC->AD, AD->NC) this module scores the model's
+edit, the other edit method at the same strength, and adding the training set's mean AD-minus-NC
+image, with the source itself (and its VAE reconstruction) as the reference a useful edit must
+beat:
 
 - flip rate: the judge calls the result the target label (p > 0.5);
 - closeness to the truth: SSIM and mean absolute error (grey levels, inside the brain) to the true
