@@ -41,6 +41,7 @@ from .data import (
     COUNTERFACTUAL_DIR,
     PAIRS_MANIFEST,
     decode_slice,
+    patient_id,
     scan,
     spread_indices,
 )
@@ -106,8 +107,30 @@ def _roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(roc_auc_score(positive, scores))
 
 
+def errors_to_truth(result: np.ndarray, sources: np.ndarray, truths: np.ndarray):
+    """Per slice: (mean absolute error of ``result`` to the truth, the same for the source),
+    grey levels inside the brain of either."""
+    result, src, truth = (x.astype(np.float64) for x in (result, sources, truths))
+    brain = brain_mask(sources) | brain_mask(truths)
+    return tuple(np.array([masked_mean(np.abs(a - t), b) for a, t, b in zip(x, truth, brain,
+                                                                           strict=True)])
+                 for x in (result, src))
+
+
+def closer_by_patient(result, sources: list[Source], truths: np.ndarray) -> dict[str, float]:
+    """The share of each pair patient's slices closer to the truth than the source: with a few
+    patients per direction, "closer" is set patient by patient (a patient whose truth barely
+    changes is one no visible edit comes closer to)."""
+    mae, mae_source = errors_to_truth(result, np.stack([s.pixels for s in sources]), truths)
+    by_patient: dict[str, list[bool]] = {}
+    for source, closer in zip(sources, mae < mae_source, strict=True):
+        by_patient.setdefault(patient_id(source.path.name), []).append(bool(closer))
+    return {pid: round(float(np.mean(flags)), 3) for pid, flags in sorted(by_patient.items())}
+
+
 def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, judge) -> dict:
     """Every number of one candidate in one direction (see the module docstring)."""
+    mae, mae_source = errors_to_truth(result, sources, truths)
     result, src, truth = (x.astype(np.float64) for x in (result, sources, truths))
     brain = brain_mask(sources) | brain_mask(truths)
     changed = (np.abs(truth - src) > CHANGED_LEVEL) & brain
@@ -115,10 +138,6 @@ def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, 
                            torch.from_numpy(truths)[:, None]).numpy()
     ssim_source = ssim_maps(torch.from_numpy(result.astype(np.uint8))[:, None],
                             torch.from_numpy(sources)[:, None]).numpy()
-    mae = np.array([masked_mean(np.abs(r - t), b) for r, t, b in zip(result, truth, brain,
-                                                                     strict=True)])
-    mae_source = np.array([masked_mean(np.abs(s - t), b) for s, t, b in zip(src, truth, brain,
-                                                                           strict=True)])
     kept = brain & ~changed
     return {
         "flip_rate": float((judge_target_probability(judge, result.astype(np.uint8), targets)
@@ -183,8 +202,10 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
         null = run_edits(editor, sources, [s.label for s in sources], method=method, **kwargs)
         rows["null edit (target = source label)"] = score(null, src, truths,
                                                           [s.label for s in sources], judge)
-        record["directions"][direction] = {"slices": len(sources), "rows": rows}
         edit = candidates[f"edit ({method})"]
+        record["directions"][direction] = {
+            "slices": len(sources), "rows": rows,
+            "edit_closer_by_patient": closer_by_patient(edit, sources, truths)}
         middle = len(sources) // 2
         panel_rows.append(_panel_row(src[middle], edit[middle], truths[middle]))
     record["seconds"] = round(time.time() - t0, 1)
@@ -221,5 +242,9 @@ def truth_table(record: dict) -> str:
         for name, row in block["rows"].items():
             cells = [f"{row[k]:.3f}" if row[k] == row[k] else "n/a" for k in names]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        by_patient = block.get("edit_closer_by_patient", {})
+        if by_patient:
+            lines += ["", "The edit closer than the source, per patient: " + ", ".join(
+                f"{pid} {share:.2f}" for pid, share in by_patient.items()) + "."]
         lines.append("")
     return "\n".join(lines)

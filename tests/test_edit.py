@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipelines.slices import NATIVE_SIZE
@@ -76,6 +77,9 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
                 "VAE reconstruction", "truth", "null edit (target = source label)"} == set(rows)
         assert rows["truth"]["mae_to_truth"] == 0 and rows["source"]["identity_ssim"] == 1
         assert rows["null edit (target = source label)"]["mean_abs_change_in_brain"] == 0
+        by_patient = block["edit_closer_by_patient"]  # one pair patient per class here
+        assert len(by_patient) == 1 and list(by_patient.values()) == pytest.approx(
+            [rows["edit (inversion)"]["closer_than_source"]], abs=1e-3)
     assert (out / "truth.md").is_file() and (out / "truth_panel.png").is_file()
     assert record["model"] == str(tiny_model) and record["guidance_scale"] == 2.0  # edit default
     assert record["truth_rule"] == "rank" and "by the rank rule" in (out / "truth.md").read_text()
