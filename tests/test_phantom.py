@@ -221,6 +221,9 @@ def test_the_rank_rule_moves_every_patient_the_way_its_label_does():
         back = [phantom.counterfactual_severity(m, phantom.other_label(label)) for m in moved]
         assert np.allclose(back, grid, atol=1e-6)  # the two directions invert each other
     assert phantom.counterfactual_severity(0.15, "AD", "typical") > 0.15
+    shift = phantom.typical_severity("AD") - phantom.typical_severity("NC")
+    assert phantom.counterfactual_severity(0.3, "NC", "additive") == pytest.approx(0.3 + shift)
+    assert phantom.counterfactual_severity(0.1, "AD", "additive") == 0.0  # clipped
     with pytest.raises(ValueError, match="unknown counterfactual rule"):
         phantom.counterfactual_severity(0.5, "AD", "mean")
 

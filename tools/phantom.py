@@ -21,7 +21,10 @@ keeps the patient's rank, the quantile of its severity in its own class's Beta m
 quantile of the other class's (Pearl's abduction for the structural equation severity =
 F_label^-1(U): the patient's U is kept, the label changed), so every pair moves the way the label
 does; ``typical`` gives every patient the other class's mean, which for an AD patient drawn below
-the NC mean renders its "without AD" version with *more* atrophy. They are written to
+the NC mean renders its "without AD" version with *more* atrophy; ``additive`` moves every patient
+by the difference of the class means (severity = class mean + U), clipped to [0, 1]. The generator
+draws each class's severity on its own, so which of these is "the" counterfactual is an
+assumption; docs/RESULTS.md scores the edits against each. They are written to
 ``counterfactual/<NC_to_AD|AD_to_NC>/`` under the same file names as their sources in ``test/``,
 with ``counterfactual/counterfactual.json`` holding both severities; the data layer never reads
 that folder as labelled data, and the train/test images are the same bytes with or without it.
@@ -242,7 +245,7 @@ def draw_patient(seed: int, split: str, label: str, index: int, pid: str) -> Pat
     )
 
 
-COUNTERFACTUAL_RULES = ("rank", "typical")
+COUNTERFACTUAL_RULES = ("rank", "typical", "additive")
 
 
 def typical_severity(label: str) -> float:
@@ -259,11 +262,15 @@ def counterfactual_severity(severity: float, label: str, rule: str = "rank") -> 
     """The severity of a ``label`` patient's counterfactual under the other label.
 
     ``rank``: the same quantile of the other class's Beta as ``severity`` is of its own class's;
-    ``typical``: the other class's mean, whatever the patient's own severity.
+    ``typical``: the other class's mean, whatever the patient's own severity; ``additive``: moved
+    by the difference of the class means (severity = mean_label + U), clipped to [0, 1].
     """
     target = other_label(label)
     if rule == "typical":
         return typical_severity(target)
+    if rule == "additive":
+        shift = typical_severity(target) - typical_severity(label)
+        return float(min(max(severity + shift, 0.0), 1.0))
     if rule != "rank":
         raise ValueError(f"unknown counterfactual rule {rule!r}; one of {COUNTERFACTUAL_RULES}")
     rank = stats.beta.cdf(severity, *SEVERITY_BETA[label])
@@ -635,7 +642,9 @@ def write_counterfactuals(out: Path, params: dict, jobs: list[Job], per_class: i
     _remove_stale([pair_folder(out, label) for label in CLASS_NAMES], _expected(pairs))
     records, seconds = _write_jobs(pairs, workers)
     rules = {"rank": "the patient's quantile in its class's severity Beta, mapped to the same "
-                     "quantile of the target class's", "typical": "the target class's mean"}
+                     "quantile of the target class's", "typical": "the target class's mean",
+             "additive": "the patient's own, moved by the difference of the class means, "
+                         "clipped to [0, 1]"}
     manifest = {**params, "counterfactual_severity": rules[rule], "severity_beta": SEVERITY_BETA,
                 "note": "each file is the patient of the same name in its source folder, "
                         "rendered at counterfactual_severity; nothing else differs",
@@ -707,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counterfactual_rule", choices=COUNTERFACTUAL_RULES, default="rank",
                         help="the counterfactual's severity: rank = the patient's quantile in its "
                              "class mapped to the other class's (default); typical = the other "
-                             "class's mean")
+                             "class's mean; additive = moved by the difference of the means")
     args = parser.parse_args(argv)
     write_phantom(args.out, args.train_patients, args.test_patients, args.slices, args.seed,
                   args.workers, args.counterfactuals, args.counterfactual_rule)
