@@ -8,6 +8,8 @@ queue and run one at a time on the model's device; bad input gets a message in t
 """
 
 import os
+import signal
+import sys
 
 from pipelines.app import MAX_UPLOAD_MB, AppSession, launch
 from pipelines.cli import DEFAULT_DATA, DEFAULT_MODEL, script_parser
@@ -29,6 +31,9 @@ def main(argv=None):
     data = args.data if args.data is not None else (
         str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # a stop by SIGTERM (a service manager, `kill`) exits like Ctrl-C: the session's temporary
+    # folder is removed on the way out instead of being left in /tmp
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     session = AppSession(args.model, data, args.device)
     print(f"model {args.model} ({session.kind}); data {data or 'none'}; uploads up to "
           f"{MAX_UPLOAD_MB} MB", flush=True)

@@ -128,7 +128,8 @@ class AppSession:
         self.saved = sampling_settings(self.pipe)  # {} for a GAN
         self.max_steps = (int(self.pipe.scheduler.config.num_train_timesteps) if self.saved
                           else None)
-        self.work_dir = Path(tempfile.mkdtemp(prefix="adni-app-"))
+        self._work = tempfile.TemporaryDirectory(prefix="adni-app-")  # removed with the session
+        self.work_dir = Path(self._work.name)  # or at exit, so no run leaves its files in /tmp
         self._judge: Judge | None = None
         self._judge_lock = threading.Lock()
         self._requests = 0

@@ -3,6 +3,7 @@ uploads converted as the data layer converts them, and two clients at once each 
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -129,11 +130,12 @@ def test_two_clients_at_once_each_get_their_own_images(tiny_model, tiny_data):
 
     from tools.browser import app_server
 
-    expected = {}
+    expected, alone = {}, AppSession(tiny_model, None)  # its files live as long as it does
     for seed in (1, 2):
-        items, _, _ = generate_images(AppSession(tiny_model, None), "AD", 2, 2.0, 3, "ddim", seed)
+        items, _, _ = generate_images(alone, "AD", 2, 2.0, 3, "ddim", seed)
         expected[seed] = [np.asarray(Image.open(p)) for p, _ in items]
     got, errors = {}, []
+    folders = set(Path(tempfile.gettempdir()).glob("adni-app-*"))
     with app_server(tiny_model, tiny_data) as (url, _):
         def ask(seed):
             try:
@@ -149,6 +151,8 @@ def test_two_clients_at_once_each_get_their_own_images(tiny_model, tiny_data):
         for thread in threads:
             thread.join(timeout=300)
     assert not errors, errors
+    # the server, stopped by SIGTERM, removed its session's folder on the way out
+    assert set(Path(tempfile.gettempdir()).glob("adni-app-*")) <= folders
     for seed in (1, 2):
         assert len(got[seed]) == 2
         assert all(np.array_equal(a, b) for a, b in zip(got[seed], expected[seed], strict=True))
@@ -273,3 +277,16 @@ def test_the_edit_notes_say_how_the_model_scored_against_the_truth(tiny_model, t
     text = truth_summary(AppSession(model))
     assert "NC->AD flip rate 0.75, closer to the truth than the source in 50%" in text
     assert "localisation AUC n/a" in text and "strength 0.4" in text
+
+
+def test_a_session_leaves_no_work_folder_behind(tiny_model):
+    """Each request's files live under the session's temporary folder, removed with the session
+    (and at exit): launches and tests used to leave one adni-app-* folder in /tmp apiece."""
+    import gc
+
+    session = AppSession(tiny_model)
+    folder = session.request_dir().parent
+    assert folder.is_dir() and folder.name.startswith("adni-app-")
+    del session
+    gc.collect()
+    assert not folder.exists()
