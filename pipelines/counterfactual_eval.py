@@ -107,32 +107,39 @@ def _roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(roc_auc_score(positive, scores))
 
 
-def errors_to_truth(result: np.ndarray, sources: np.ndarray, truths: np.ndarray):
+def pair_brain(sources: np.ndarray, truths: np.ndarray) -> np.ndarray:
+    """Where either the source or its truth has brain: the region every number is taken over,
+    the same for every candidate of a direction (so computed once per direction)."""
+    return brain_mask(sources) | brain_mask(truths)
+
+
+def errors_to_truth(result: np.ndarray, sources: np.ndarray, truths: np.ndarray,
+                    brain: np.ndarray):
     """Per slice: (mean absolute error of ``result`` to the truth, the same for the source),
-    grey levels inside the brain of either."""
+    grey levels inside ``brain``."""
     result, src, truth = (x.astype(np.float64) for x in (result, sources, truths))
-    brain = brain_mask(sources) | brain_mask(truths)
     return tuple(np.array([masked_mean(np.abs(a - t), b) for a, t, b in zip(x, truth, brain,
                                                                            strict=True)])
                  for x in (result, src))
 
 
-def closer_by_patient(result, sources: list[Source], truths: np.ndarray) -> dict[str, float]:
-    """The share of each pair patient's slices closer to the truth than the source: with a few
-    patients per direction, "closer" is set patient by patient (a patient whose truth barely
-    changes is one no visible edit comes closer to)."""
-    mae, mae_source = errors_to_truth(result, np.stack([s.pixels for s in sources]), truths)
+def closer_by_patient(closer: np.ndarray, sources: list[Source]) -> dict[str, float]:
+    """The share of each pair patient's slices closer to the truth than the source (``closer``:
+    one flag per slice): with a few patients per direction, "closer" is set patient by patient
+    (docs/RESULTS.md, "The truth by rank")."""
     by_patient: dict[str, list[bool]] = {}
-    for source, closer in zip(sources, mae < mae_source, strict=True):
-        by_patient.setdefault(patient_id(source.path.name), []).append(bool(closer))
+    for source, flag in zip(sources, closer, strict=True):
+        by_patient.setdefault(patient_id(source.path.name), []).append(bool(flag))
     return {pid: round(float(np.mean(flags)), 3) for pid, flags in sorted(by_patient.items())}
 
 
-def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, judge) -> dict:
-    """Every number of one candidate in one direction (see the module docstring)."""
-    mae, mae_source = errors_to_truth(result, sources, truths)
+def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, judge,
+          brain: np.ndarray | None = None) -> dict:
+    """Every number of one candidate in one direction (see the module docstring); ``brain``:
+    :func:`pair_brain` of the direction, computed here when not given."""
+    brain = pair_brain(sources, truths) if brain is None else brain
+    mae, mae_source = errors_to_truth(result, sources, truths, brain)
     result, src, truth = (x.astype(np.float64) for x in (result, sources, truths))
-    brain = brain_mask(sources) | brain_mask(truths)
     changed = (np.abs(truth - src) > CHANGED_LEVEL) & brain
     ssim_truth = ssim_maps(torch.from_numpy(result.astype(np.uint8))[:, None],
                            torch.from_numpy(truths)[:, None]).numpy()
@@ -197,15 +204,17 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
             "VAE reconstruction": reconstructions(editor, sources, batch_size),
             "truth": truths,
         }
-        rows = {name: score(result, src, truths, targets, judge)
+        brain = pair_brain(src, truths)
+        rows = {name: score(result, src, truths, targets, judge, brain)
                 for name, result in candidates.items()}
         null = run_edits(editor, sources, [s.label for s in sources], method=method, **kwargs)
         rows["null edit (target = source label)"] = score(null, src, truths,
-                                                          [s.label for s in sources], judge)
+                                                          [s.label for s in sources], judge, brain)
         edit = candidates[f"edit ({method})"]
+        mae, mae_source = errors_to_truth(edit, src, truths, brain)
         record["directions"][direction] = {
             "slices": len(sources), "rows": rows,
-            "edit_closer_by_patient": closer_by_patient(edit, sources, truths)}
+            "edit_closer_by_patient": closer_by_patient(mae < mae_source, sources)}
         middle = len(sources) // 2
         panel_rows.append(_panel_row(src[middle], edit[middle], truths[middle]))
     record["seconds"] = round(time.time() - t0, 1)

@@ -245,7 +245,12 @@ def draw_patient(seed: int, split: str, label: str, index: int, pid: str) -> Pat
     )
 
 
-COUNTERFACTUAL_RULES = ("rank", "typical", "additive")
+COUNTERFACTUAL_RULES = {  # --counterfactual_rule: what each gives the counterfactual (manifest)
+    "rank": "the patient's quantile in its class's severity Beta, mapped to the same quantile of "
+            "the target class's",
+    "typical": "the target class's mean",
+    "additive": "the patient's own, moved by the difference of the class means, clipped to [0, 1]",
+}
 
 
 def typical_severity(label: str) -> float:
@@ -272,7 +277,8 @@ def counterfactual_severity(severity: float, label: str, rule: str = "rank") -> 
         shift = typical_severity(target) - typical_severity(label)
         return float(min(max(severity + shift, 0.0), 1.0))
     if rule != "rank":
-        raise ValueError(f"unknown counterfactual rule {rule!r}; one of {COUNTERFACTUAL_RULES}")
+        raise ValueError(f"unknown counterfactual rule {rule!r}; one of "
+                         f"{', '.join(COUNTERFACTUAL_RULES)}")
     rank = stats.beta.cdf(severity, *SEVERITY_BETA[label])
     return float(stats.beta.ppf(rank, *SEVERITY_BETA[target]))
 
@@ -440,7 +446,7 @@ class Job:
     index: int
     pid: str
     slices: int
-    counterfactual: str = ""  # a rule of COUNTERFACTUAL_RULES: render the paired truth by it
+    counterfactual: str = ""  # a key of COUNTERFACTUAL_RULES: render the paired truth by it
 
     @property
     def folder(self) -> Path:
@@ -641,11 +647,8 @@ def write_counterfactuals(out: Path, params: dict, jobs: list[Job], per_class: i
     (folder / PAIRS_MANIFEST).unlink(missing_ok=True)
     _remove_stale([pair_folder(out, label) for label in CLASS_NAMES], _expected(pairs))
     records, seconds = _write_jobs(pairs, workers)
-    rules = {"rank": "the patient's quantile in its class's severity Beta, mapped to the same "
-                     "quantile of the target class's", "typical": "the target class's mean",
-             "additive": "the patient's own, moved by the difference of the class means, "
-                         "clipped to [0, 1]"}
-    manifest = {**params, "counterfactual_severity": rules[rule], "severity_beta": SEVERITY_BETA,
+    manifest = {**params, "counterfactual_severity": COUNTERFACTUAL_RULES[rule],
+                "severity_beta": SEVERITY_BETA,
                 "note": "each file is the patient of the same name in its source folder, "
                         "rendered at counterfactual_severity; nothing else differs",
                 "seconds": round(seconds, 1), "patients": records}
@@ -713,10 +716,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="test patients per class also rendered at the other class's "
                              "severity, in OUT/counterfactual/ (the truth edit.py is measured "
                              "against)")
-    parser.add_argument("--counterfactual_rule", choices=COUNTERFACTUAL_RULES, default="rank",
-                        help="the counterfactual's severity: rank = the patient's quantile in its "
-                             "class mapped to the other class's (default); typical = the other "
-                             "class's mean; additive = moved by the difference of the means")
+    parser.add_argument("--counterfactual_rule", choices=list(COUNTERFACTUAL_RULES),
+                        default="rank", help="the counterfactual's severity (default rank): " +
+                        "; ".join(f"{k} = {v}" for k, v in COUNTERFACTUAL_RULES.items()))
     args = parser.parse_args(argv)
     write_phantom(args.out, args.train_patients, args.test_patients, args.slices, args.seed,
                   args.workers, args.counterfactuals, args.counterfactual_rule)
