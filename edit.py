@@ -92,6 +92,7 @@ def main(argv=None):
     settings = sampling_settings(pipe, num_inference_steps=args.num_inference_steps,
                                  guidance_scale=args.guidance_scale)
     settings.pop("scheduler")
+    settings.pop("guidance_interval", None)  # edits guide every step of their short path
     if args.guidance_scale is None and settings:
         settings["guidance_scale"] = DEFAULT_GUIDANCE
     skip = cfg.data.skip_corrupt if args.skip_corrupt is None else args.skip_corrupt

@@ -261,6 +261,9 @@ def settings_text(session: AppSession, record: dict) -> str:
     if "scheduler" in record:
         parts += [f"sampler {record['scheduler']}", f"{record['num_inference_steps']} steps",
                   f"guidance {record['guidance_scale']:g}"]
+        if record.get("guidance_interval"):
+            low, high = record["guidance_interval"]
+            parts[-1] += f" where {low:g} < sigma <= {high:g}"
     if "slice_position" in record:
         parts.append(f"slice level {record['slice_position']}")
     parts.append(f"{record['seconds']:.1f} s")

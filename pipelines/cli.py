@@ -62,12 +62,16 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num_inference_steps", type=int, default=None)
     group.add_argument("--guidance_scale", type=float, default=None,
                        help="classifier-free guidance; 1 = no guidance, larger = more typical")
+    group.add_argument("--guidance_interval", type=float, nargs=2, default=None,
+                       metavar=("LOW", "HIGH"),
+                       help="guide only the steps whose noise level sigma is in (LOW, HIGH], "
+                            "the conditional model alone elsewhere; 0 inf: every step")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
     """The sampling flags that were given, for ``sampling.sampling_settings``."""
     return {"scheduler": args.scheduler, "num_inference_steps": args.num_inference_steps,
-            "guidance_scale": args.guidance_scale}
+            "guidance_scale": args.guidance_scale, "guidance_interval": args.guidance_interval}
 
 
 def model_script_parser(doc: str, out_default: str, *, data: bool) -> argparse.ArgumentParser:

@@ -133,8 +133,10 @@ class StyleGAN2Config(TrainConfig):
 @dataclass
 class SampleConfig:
     guidance_scale: float = 2.0
+    guidance_interval: list = field(default_factory=list)  # [low, high]: guide only the steps
+    #   whose noise level sigma is in (low, high] (Kynkaanniemi et al. 2024); []: every step
     num_inference_steps: int = 20
-    scheduler: str = "dpmsolver++"  # dpmsolver++ | ddim | euler | ddpm
+    scheduler: str = "dpmsolver++"  # dpmsolver++ | sde-dpmsolver++ | ddim | euler | ddpm
     num_images: int = 16
     batch_size: int = 32
     seed: int = 0
@@ -187,13 +189,18 @@ class Rule:
     multiple: int = 0
     choices: tuple = ()
     parts: tuple = ()  # a comma-separated subset of these (or empty)
-    items: str = ""  # "positive ints" | "bools" for list values
+    items: str = ""  # "positive ints" | "bools" | "interval" for list values
 
     def check(self, value) -> bool:
         if self.choices:
             return value in self.choices
         if self.parts:
             return all(p in ("", *self.parts) for p in value.split(","))
+        if self.items == "interval":  # [] or [low, high], 0 <= low < high
+            return isinstance(value, list) and (not value or (
+                len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in value)
+                and 0 <= value[0] < value[1] and math.isfinite(value[1])))
         if self.items:
             if not isinstance(value, list) or not value:
                 return False
@@ -243,6 +250,8 @@ RULES = {
     "scheduler": one_of(*SCHEDULERS),
     "embed_method": one_of("umap", "tsne"),
     "guidance_scale": Rule("a finite number >= 1 (1 = no guidance)", 1),
+    "guidance_interval": Rule("[] (guidance at every step) or [low, high] finite noise levels "
+                              "with 0 <= low < high", items="interval"),
     "num_train_timesteps": Rule("an integer from 2 to 10,000", 2, 10_000),
     "num_inference_steps": Rule("an integer from 1 to 1,000", 1, 1000),
     "block_out_channels": Rule("a non-empty list of positive integers", items="positive ints"),

@@ -286,6 +286,13 @@ def metrics_table(m: dict) -> str:
         f"real test: {m['memorisation']['test_nn_ssim_median']:.3f}")
     lines.append(f"\nTSTR accuracy {m['tstr']:.3f} vs TRTR {m['trtr']:.3f} (same classifier, "
                  f"same number of training images, tested on real test slices).")
+    counts = m["counts"]
+    if counts["generated"] != counts["test"]:
+        lines.append(f"\n{counts['generated']} generated against {counts['test']} real test "
+                     f"slices: FD and recall are biased against the smaller set (the floor "
+                     f"compares {counts['train_reference']} with {counts['test']}); "
+                     f"--num_images {counts['test'] // len(CLASS_NAMES)} compares sets of one "
+                     f"size.")
     sharp = m.get("sharpness")
     if sharp:
         bands = list(sharp["all"]["band_energy_ratio"])

@@ -21,7 +21,7 @@ from .config import Config, config_from_dict
 from .errors import UserError
 from .files import write_json
 from .hub import load_pipeline_folder, pipeline_class_name, read_model_index
-from .ldm.pipeline_adni import SCHEDULERS, ADNIDiffusionPipeline, make_scheduler
+from .ldm.pipeline_adni import SCHEDULERS, ADNIDiffusionPipeline, interval_value, make_scheduler
 from .plots import save_grid, save_png
 from .runs import prepare_output_dir
 from .slices import SlicePipeline, to_pixels
@@ -89,14 +89,15 @@ def saved_config(model_dir: str | Path) -> Config:
 
 def sampling_settings(pipe: SlicePipeline, scheduler: str | None = None,
                       num_inference_steps: int | None = None,
-                      guidance_scale: float | None = None) -> dict:
+                      guidance_scale: float | None = None,
+                      guidance_interval: list[float] | None = None) -> dict:
     """The model's saved sampler, steps and guidance, with any given flag over them.
 
     Swaps the named scheduler into ``pipe``. A GAN has none of the three: giving one is an error.
     Returns the settings a call then uses (``{}`` for a GAN), to pass as keyword arguments.
     """
     given = {"scheduler": scheduler, "num_inference_steps": num_inference_steps,
-             "guidance_scale": guidance_scale}
+             "guidance_scale": guidance_scale, "guidance_interval": guidance_interval}
     settings = pipe.sampling_settings()
     if not settings:
         used = [f"--{k}" for k, v in given.items() if v is not None]
@@ -118,6 +119,13 @@ def sampling_settings(pipe: SlicePipeline, scheduler: str | None = None,
     if not (math.isfinite(guidance) and guidance >= 1):
         raise UserError(f"--guidance_scale must be a finite number >= 1 (1 means no guidance: "
                         f"the conditional model alone), got {guidance}")
+    if "guidance_interval" in settings:  # absent from models made before it existed
+        try:
+            settings["guidance_interval"] = interval_value(settings["guidance_interval"])
+        except ValueError:
+            raise UserError(f"--guidance_interval takes two finite noise levels LOW HIGH with "
+                            f"0 <= LOW < HIGH (guidance acts where LOW < sigma <= HIGH; 0 inf: "
+                            f"every step), got {settings['guidance_interval']}") from None
     return settings
 
 

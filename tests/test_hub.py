@@ -219,17 +219,20 @@ def test_class_embed_label_changes_the_output(tiny_model):
 
 @pytest.fixture(scope="module")
 def resaved_model(tiny_model, tmp_path_factory):
-    """The tiny model saved again with other sampling settings: DDIM, 3 steps, guidance 1.5."""
+    """The tiny model saved again with other sampling settings: DDIM, 3 steps, guidance 1.5
+    where 0.5 < sigma <= 20."""
     folder = shutil.copytree(tiny_model, tmp_path_factory.mktemp("resaved") / "model")
     pipe = load_pipeline(folder)
     pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
-    pipe.register_to_config(guidance_scale=1.5, num_inference_steps=3)
+    pipe.register_to_config(guidance_scale=1.5, num_inference_steps=3,
+                            guidance_interval=[0.5, 20.0])
     save_pipeline(pipe, folder, (folder / "README.md").read_text())
     return folder
 
 
 def test_every_entry_point_follows_the_saved_settings(resaved_model, tiny_data, tmp_path):
-    want = {"scheduler": "ddim", "num_inference_steps": 3, "guidance_scale": 1.5}
+    want = {"scheduler": "ddim", "num_inference_steps": 3, "guidance_scale": 1.5,
+            "guidance_interval": [0.5, 20.0]}
     assert load_pipeline(resaved_model).sampling_settings() == want
     run_script("sample.py", "--model", resaved_model, "--label", "AD", "--num_images", "1",
                "--out", tmp_path / "s")
@@ -241,13 +244,14 @@ def test_every_entry_point_follows_the_saved_settings(resaved_model, tiny_data, 
                "--out", tmp_path / "v")
     assert json.loads((tmp_path / "v" / "metrics.json").read_text())["sampling"] == want
     # a flag overrides the saved value the same way in each
-    over = dict(want, num_inference_steps=2, scheduler="euler")
+    over = dict(want, num_inference_steps=2, scheduler="euler", guidance_interval=None)
     run_script("sample.py", "--model", resaved_model, "--label", "AD", "--num_images", "1",
-               "--num_inference_steps", "2", "--scheduler", "euler", "--out", tmp_path / "s2")
+               "--num_inference_steps", "2", "--scheduler", "euler", "--guidance_interval", "0",
+               "inf", "--out", tmp_path / "s2")
     assert {k: json.loads((tmp_path / "s2" / "sample.json").read_text())[k] for k in want} == over
     run_script("embed.py", "--model", resaved_model, "--data", tiny_data, "--with_generated",
                "2", "--method", "tsne", "--num_inference_steps", "2", "--scheduler", "euler",
-               "--out", tmp_path / "e2")
+               "--guidance_interval", "0", "inf", "--out", tmp_path / "e2")
     assert json.loads((tmp_path / "e2" / "embedding.json").read_text())["sampling"] == over
 
 

@@ -76,6 +76,8 @@ CONFIG_ROWS = [  # (flags, words in the message)
     (["--unet.beta_start", "0.5", "--unet.beta_end", "0.1"], ["beta_start", "below"]),
     (["--unet.level_conditioning", "true", "--unet.conditioning", "cross_attention"],
      ["level_conditioning", "class_embed"]),
+    (["--sample.guidance_interval", "[5, 1]"], ["guidance_interval", "0 <= low < high"]),
+    (["--sample.guidance_interval", "[1]"], ["guidance_interval", "[low, high]"]),
 ]
 
 
@@ -187,6 +189,8 @@ def test_a_diverged_vae_saves_nothing(tiny_data, tmp_path):
     (["--scheduler", "ddim", "--num_inference_steps", "5000"], ["from 1 to 1000"]),
     (["--device", "tpu"], ["--device tpu", "present: cpu"]),
     (["--label", "MCI"], ["unknown label 'MCI'"]),
+    (["--guidance_interval", "3", "1"], ["--guidance_interval", "0 <= LOW < HIGH"]),
+    (["--guidance_interval", "-1", "nan"], ["--guidance_interval", "0 <= LOW < HIGH"]),
 ])
 def test_sample_mistakes(tiny_model, tmp_path, args, words, capsys):
     code, err = run_main("sample.py", "--model", tiny_model, "--out", tmp_path / "s", *args,

@@ -18,7 +18,9 @@ from pipelines.ldm.objective import diffusion_loss, drop_labels, min_snr_weight,
 from pipelines.ldm.pipeline_adni import (
     ADNIDiffusionPipeline,
     condition_inputs,
+    guided_steps,
     make_scheduler,
+    noise_level,
 )
 from pipelines.ldm.unet import build_unet
 from pipelines.sampling import generate, load_pipeline, sampling_settings
@@ -39,7 +41,7 @@ def test_pipeline_folder_is_a_diffusers_folder(tiny_model):
     assert json.loads((tiny_model / "metrics.json").read_text())["steps"] == 6
 
 
-@pytest.mark.parametrize("scheduler", ["dpmsolver++", "ddim", "euler", "ddpm"])
+@pytest.mark.parametrize("scheduler", ["dpmsolver++", "sde-dpmsolver++", "ddim", "euler", "ddpm"])
 def test_reload_and_sample_both_labels(tiny_model, scheduler):
     pipe = load_pipeline(tiny_model)
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
@@ -56,13 +58,49 @@ def test_reload_and_sample_both_labels(tiny_model, scheduler):
     assert pil.size == (256, 240) and pil.mode == "L"
 
 
-def test_images_do_not_depend_on_batch_size(tiny_model):
-    pipe = load_pipeline(tiny_model)
-    settings = sampling_settings(pipe, guidance_scale=2.0, num_inference_steps=3)
+@pytest.mark.parametrize("scheduler", ["dpmsolver++", "sde-dpmsolver++"])
+def test_images_do_not_depend_on_batch_size(tiny_model, scheduler):
+    pipe = load_pipeline(tiny_model)  # the SDE sampler's noise comes from each image's generator
+    settings = sampling_settings(pipe, scheduler=scheduler, guidance_scale=2.0,
+                                 num_inference_steps=3)
     kwargs = dict(seed=3, settings=settings, progress=False)
     big = generate(pipe, "AD", 4, batch_size=4, **kwargs)
     small = generate(pipe, "AD", 4, batch_size=3, **kwargs)
     np.testing.assert_allclose(big.astype(int), small.astype(int), atol=1)
+
+
+def test_guidance_interval_guides_only_its_noise_levels(tiny_model, tmp_path):
+    pipe = load_pipeline(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler.set_timesteps(6)
+    sigmas = [noise_level(pipe.scheduler, t) for t in pipe.scheduler.timesteps]
+    assert sigmas == sorted(sigmas, reverse=True)
+    middle = (sigmas[4], sigmas[1])  # guides steps 2, 3 and 4 of six
+    assert guided_steps(pipe.scheduler, pipe.scheduler.timesteps, middle) == \
+        [False, True, True, True, False, False]
+
+    def make(**kwargs):
+        return pipe(["AD", "NC"], num_images_per_label=2, num_inference_steps=6, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **kwargs).images
+
+    guided = make(guidance_scale=3.0, guidance_interval=None)
+    unguided = make(guidance_scale=1.0)
+    assert np.array_equal(make(guidance_scale=3.0, guidance_interval=(0, float("inf"))), guided)
+    assert np.array_equal(make(guidance_scale=3.0, guidance_interval=(0, sigmas[-1] / 2)), unguided)
+    partial = make(guidance_scale=3.0, guidance_interval=middle)
+    assert not np.array_equal(partial, guided) and not np.array_equal(partial, unguided)
+    with pytest.raises(ValueError, match="0 <= low < high"):
+        make(guidance_interval=(2.0, 1.0))
+    # saved with the model: the default of every call and of every script, a flag over it
+    pipe.register_to_config(guidance_interval=list(middle), guidance_scale=3.0)
+    save_pipeline(pipe, tmp_path / "m", card="a test model")
+    again = load_pipeline(tmp_path / "m")
+    assert again.sampling_settings()["guidance_interval"] == list(middle)
+    assert np.array_equal(again(["AD", "NC"], num_images_per_label=2, num_inference_steps=6,
+                                output_type="np", generator=torch.Generator().manual_seed(0),
+                                ).images, partial)
+    every_step = sampling_settings(again, guidance_interval=[0, float("inf")])
+    assert every_step["guidance_interval"] is None
 
 
 def test_label_dropout_and_min_snr():

@@ -47,6 +47,7 @@ from ..slices import (
 
 SCHEDULERS = {
     "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "sde-dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
     "ddim": (DDIMScheduler, {"clip_sample": False}),
     "euler": (EulerDiscreteScheduler, {}),
     "ddpm": (DDPMScheduler, {"clip_sample": False}),
@@ -152,6 +153,46 @@ def guide(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> to
     return uncond + guidance_scale * (cond - uncond)
 
 
+def check_interval(interval) -> tuple[float, float] | None:
+    """None (guidance at every step) or (low, high) noise levels, 0 <= low < high (ValueError)."""
+    if interval is None:
+        return None
+    try:
+        low, high = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval must be None or two numbers (low, high), "
+                         f"got {interval!r}") from None
+    if (low, high) == (0, math.inf):
+        return low, high  # every step
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high):
+        raise ValueError(f"guidance_interval must have 0 <= low < high, finite (or 0, inf: every "
+                         f"step), got {interval!r}")
+    return low, high
+
+
+def interval_value(interval) -> list[float] | None:
+    """The checked interval as saved in model_index.json: a list, or None for every step
+    (also for (0, inf), so that no JSON file holds an infinity)."""
+    checked = check_interval(interval)
+    return None if checked is None or checked == (0, math.inf) else list(checked)
+
+
+def noise_level(scheduler, t) -> float:
+    """sigma = sqrt((1 - alpha_bar) / alpha_bar) of timestep ``t``: the noise-to-signal ratio."""
+    alpha_bar = float(scheduler.alphas_cumprod[int(t)])
+    return math.sqrt((1 - alpha_bar) / alpha_bar)
+
+
+def guided_steps(scheduler, timesteps, interval) -> list[bool]:
+    """Which steps are guided: all, or those with low < sigma <= high (Kynkaanniemi et al. 2024:
+    guidance at the noisiest steps only narrows the variety of the samples; the conditional
+    model alone runs there, at half the cost)."""
+    if interval is None:
+        return [True] * len(timesteps)
+    low, high = interval
+    return [low < noise_level(scheduler, t) <= high for t in timesteps]
+
+
 class ADNIDiffusionPipeline(SlicePipeline):
     """Generate AD / NC brain slices with classifier-free guidance.
 
@@ -164,6 +205,8 @@ class ADNIDiffusionPipeline(SlicePipeline):
         class_names: label names in id order; saved in model_index.json so ids travel with it.
         native_size: (width, height) the square output is cropped back to.
         guidance_scale, num_inference_steps: the call's defaults, saved with the model.
+        guidance_interval: the call's default (low, high) noise levels sigma where guidance acts
+            (None: every step), saved with the model.
         level_conditioned: recorded in model_index.json for readers; the UNet decides it (a
             UNet2DConditionModel with the "text_time" addition embedding reads the level, as
             does one of the first format, with ``class_embed_type="projection"``).
@@ -174,14 +217,15 @@ class ADNIDiffusionPipeline(SlicePipeline):
     def __init__(self, vae: AutoencoderKL, unet: UNet2DModel | UNet2DConditionModel,
                  scheduler: SchedulerMixin, class_names=CLASS_NAMES, native_size=NATIVE_SIZE,
                  guidance_scale: float = 2.0, num_inference_steps: int = 20,
-                 level_conditioned: bool | None = None):
+                 level_conditioned: bool | None = None, guidance_interval=None):
         # typed: from_pipe hands over only components whose type matches
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=list(class_names), native_size=list(native_size),
                                 guidance_scale=float(guidance_scale),
                                 num_inference_steps=int(num_inference_steps),
-                                level_conditioned=is_level_conditioned(unet))
+                                level_conditioned=is_level_conditioned(unet),
+                                guidance_interval=interval_value(guidance_interval))
 
     @property
     def null_label(self) -> int:
@@ -223,11 +267,17 @@ class ADNIDiffusionPipeline(SlicePipeline):
             raise ValueError("this model is label-only (trained without slice levels); leave out "
                              "slice_positions, or train one with --unet.level_conditioning true")
 
+    @property
+    def saved_interval(self) -> list[float] | None:
+        """The saved guidance interval (None in folders saved before it existed: every step)."""
+        return interval_value(getattr(self.config, "guidance_interval", None))
+
     def sampling_settings(self) -> dict:
         """What a call does by default: the saved sampler, steps and guidance."""
         return {"scheduler": scheduler_name(self.scheduler),
                 "num_inference_steps": int(self.config.num_inference_steps),
-                "guidance_scale": float(self.config.guidance_scale)}
+                "guidance_scale": float(self.config.guidance_scale),
+                "guidance_interval": self.saved_interval}
 
     @torch.no_grad()
     def __call__(
@@ -241,6 +291,7 @@ class ADNIDiffusionPipeline(SlicePipeline):
         native_size: bool = True,
         return_dict: bool = True,
         slice_positions=None,
+        guidance_interval="saved",
     ):
         """Sample ``num_images_per_label`` slices for each entry of ``class_labels``.
 
@@ -257,12 +308,17 @@ class ADNIDiffusionPipeline(SlicePipeline):
                 patient's lowest slice, 1 = its highest): one number, one per entry of
                 ``class_labels``, or one per image; None draws each image's level uniformly.
                 Guidance acts on the label only; the level is given to both halves.
+            guidance_interval: (low, high): guide only the steps whose noise level sigma lies in
+                (low, high], the conditional model alone elsewhere; None guides every step
+                (default: the model's saved value).
 
         Returns:
             ImagePipelineOutput with ``images``.
         """
         guidance_scale, num_inference_steps = self.check_settings(guidance_scale,
                                                                   num_inference_steps)
+        interval = check_interval(self.saved_interval if guidance_interval == "saved"
+                                  else guidance_interval)
         self.check_output_type(output_type, extra=("latent",))
         if not isinstance(num_images_per_label, int) or num_images_per_label < 1:
             raise ValueError(f"num_images_per_label must be an integer >= 1, "
@@ -282,7 +338,7 @@ class ADNIDiffusionPipeline(SlicePipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         latents = self.denoise(latents, labels, guidance_scale, self.scheduler,
-                               self.scheduler.timesteps, generator, positions)
+                               self.scheduler.timesteps, generator, positions, interval)
         images = latents if output_type == "latent" else \
             self.postprocess(self.decode_latents(latents), output_type, native_size)
         self.maybe_free_model_hooks()
@@ -302,22 +358,27 @@ class ADNIDiffusionPipeline(SlicePipeline):
         return float(guidance_scale), num_inference_steps
 
     def denoise(self, latents: torch.Tensor, labels: torch.Tensor, guidance_scale: float,
-                scheduler, timesteps, generator=None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                scheduler, timesteps, generator=None, positions: torch.Tensor | None = None,
+                interval: tuple[float, float] | None = None) -> torch.Tensor:
         """The sampling loop: ``scheduler`` steps over ``timesteps``, each one batched UNet call
         on [unconditional, conditional] when guided (DDIMInverseScheduler runs it backwards).
-        ``positions``: a level-conditioned model's slice levels, one per latent."""
-        guided = guidance_scale > 1
-        if guided:
-            labels = torch.cat([torch.full_like(labels, self.null_label), labels])
-            positions = None if positions is None else torch.cat([positions, positions])
-        conditioning = condition_inputs(self.unet, labels, positions)  # built once, not per step
+        ``positions``: a level-conditioned model's slice levels, one per latent; ``interval``:
+        the noise levels where guidance acts (``guided_steps``)."""
+        guided = guided_steps(scheduler, timesteps, interval) if guidance_scale > 1 else \
+            [False] * len(timesteps)
+        # built once, not per step
+        conditional = condition_inputs(self.unet, labels, positions)
+        both = None
+        if any(guided):
+            nulls = torch.cat([torch.full_like(labels, self.null_label), labels])
+            both = condition_inputs(self.unet, nulls, None if positions is None
+                                    else torch.cat([positions, positions]))
         extra = {} if isinstance(scheduler, DDIMInverseScheduler) else {"generator": generator}
-        for t in self.progress_bar(timesteps):
-            model_input = torch.cat([latents] * 2) if guided else latents
+        for t, guide_here in zip(self.progress_bar(timesteps), guided, strict=True):
+            model_input = torch.cat([latents] * 2) if guide_here else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            out = self.unet(model_input, t, **conditioning).sample
-            if guided:
+            out = self.unet(model_input, t, **(both if guide_here else conditional)).sample
+            if guide_here:
                 out = guide(*out.chunk(2), guidance_scale)
             latents = scheduler.step(out, t, latents, **extra).prev_sample
         return latents

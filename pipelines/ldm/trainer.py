@@ -32,7 +32,14 @@ def build_pipeline(vae, unet, noise_scheduler, sample_cfg) -> ADNIDiffusionPipel
     return ADNIDiffusionPipeline(
         vae=vae, unet=unet, scheduler=make_scheduler(sample_cfg.scheduler, noise_scheduler.config),
         guidance_scale=sample_cfg.guidance_scale,
-        num_inference_steps=sample_cfg.num_inference_steps)
+        num_inference_steps=sample_cfg.num_inference_steps,
+        guidance_interval=sample_cfg.guidance_interval or None)
+
+
+def interval_text(interval: list) -> str:
+    if not interval:
+        return " at every step"
+    return f" where the noise level sigma is in ({interval[0]:g}, {interval[1]:g}]"
 
 
 def model_card(cfg: Config, data_root, metrics: dict) -> str:
@@ -55,7 +62,7 @@ Generates 8-bit greyscale axial brain MRI slices ({cfg.data.resolution} px, crop
   {metrics['img_per_s']:.1f} img/s)
 - Sampling defaults (saved with the model, used by every entry point unless overridden):
   {cfg.sample.scheduler}, {cfg.sample.num_inference_steps} steps, guidance
-  {cfg.sample.guidance_scale}
+  {cfg.sample.guidance_scale}{interval_text(cfg.sample.guidance_interval)}
 
 ## Use it with diffusers alone
 
