@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .ldm.pipeline_adni import SCHEDULERS
+from .ldm.pipeline_adni import SCHEDULERS, check_interval
 from .ldm.unet import CONDITIONINGS
 from .stylegan2.networks import AUGMENTATIONS
 
@@ -196,11 +196,10 @@ class Rule:
             return value in self.choices
         if self.parts:
             return all(p in ("", *self.parts) for p in value.split(","))
-        if self.items == "interval":  # [] or [low, high], 0 <= low < high
+        if self.items == "interval":  # [] or [low, high] numbers, as the pipeline checks them
             return isinstance(value, list) and (not value or (
-                len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                        for v in value)
-                and 0 <= value[0] < value[1] and math.isfinite(value[1])))
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                and _finite_interval(value)))
         if self.items:
             if not isinstance(value, list) or not value:
                 return False
@@ -215,6 +214,14 @@ class Rule:
             return False
         return self.high is None or (value < self.high or (not self.high_open and
                                                            value == self.high))
+
+
+def _finite_interval(value: list) -> bool:
+    """``pipeline_adni.check_interval`` accepts it, with a finite high end."""
+    try:
+        return math.isfinite(check_interval(value)[1])
+    except ValueError:
+        return False
 
 
 def one_of(*choices: str) -> Rule:

@@ -113,14 +113,12 @@ def pair_brain(sources: np.ndarray, truths: np.ndarray) -> np.ndarray:
     return brain_mask(sources) | brain_mask(truths)
 
 
-def errors_to_truth(result: np.ndarray, sources: np.ndarray, truths: np.ndarray,
-                    brain: np.ndarray):
-    """Per slice: (mean absolute error of ``result`` to the truth, the same for the source),
-    grey levels inside ``brain``."""
-    result, src, truth = (x.astype(np.float64) for x in (result, sources, truths))
-    return tuple(np.array([masked_mean(np.abs(a - t), b) for a, t, b in zip(x, truth, brain,
-                                                                           strict=True)])
-                 for x in (result, src))
+def mae_to_truth(images: np.ndarray, truths: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Per slice: the mean absolute error of ``images`` to the truth, grey levels inside
+    ``brain``."""
+    images, truths = images.astype(np.float64), truths.astype(np.float64)
+    return np.array([masked_mean(np.abs(a - t), b) for a, t, b in zip(images, truths, brain,
+                                                                     strict=True)])
 
 
 def closer_by_patient(closer: np.ndarray, sources: list[Source]) -> dict[str, float]:
@@ -134,11 +132,11 @@ def closer_by_patient(closer: np.ndarray, sources: list[Source]) -> dict[str, fl
 
 
 def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, judge,
-          brain: np.ndarray | None = None) -> dict:
-    """Every number of one candidate in one direction (see the module docstring); ``brain``:
-    :func:`pair_brain` of the direction, computed here when not given."""
-    brain = pair_brain(sources, truths) if brain is None else brain
-    mae, mae_source = errors_to_truth(result, sources, truths, brain)
+          brain: np.ndarray, source_mae: np.ndarray) -> dict:
+    """Every number of one candidate in one direction (see the module docstring); ``brain``
+    (:func:`pair_brain`) and ``source_mae`` (the sources' :func:`mae_to_truth`) are the
+    direction's, the same for every candidate."""
+    mae = mae_to_truth(result, truths, brain)
     result, src, truth = (x.astype(np.float64) for x in (result, sources, truths))
     changed = (np.abs(truth - src) > CHANGED_LEVEL) & brain
     ssim_truth = ssim_maps(torch.from_numpy(result.astype(np.uint8))[:, None],
@@ -151,7 +149,7 @@ def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, 
                             > 0.5).mean()),
         "ssim_to_truth": float(ssim_truth.mean()),
         "mae_to_truth": float(np.nanmean(mae)),
-        "closer_than_source": float((mae < mae_source).mean()),
+        "closer_than_source": float((mae < source_mae).mean()),
         "localisation_auc": _roc_auc(np.abs(result - src)[brain], changed[brain]),
         "identity_ssim": float(np.mean([masked_mean(q, k) for q, k in zip(ssim_source, kept,
                                                                            strict=True)])),
@@ -205,16 +203,17 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
             "truth": truths,
         }
         brain = pair_brain(src, truths)
-        rows = {name: score(result, src, truths, targets, judge, brain)
+        source_mae = mae_to_truth(src, truths, brain)
+        rows = {name: score(result, src, truths, targets, judge, brain, source_mae)
                 for name, result in candidates.items()}
         null = run_edits(editor, sources, [s.label for s in sources], method=method, **kwargs)
-        rows["null edit (target = source label)"] = score(null, src, truths,
-                                                          [s.label for s in sources], judge, brain)
+        rows["null edit (target = source label)"] = score(
+            null, src, truths, [s.label for s in sources], judge, brain, source_mae)
         edit = candidates[f"edit ({method})"]
-        mae, mae_source = errors_to_truth(edit, src, truths, brain)
+        closer = mae_to_truth(edit, truths, brain) < source_mae
         record["directions"][direction] = {
             "slices": len(sources), "rows": rows,
-            "edit_closer_by_patient": closer_by_patient(mae < mae_source, sources)}
+            "edit_closer_by_patient": closer_by_patient(closer, sources)}
         middle = len(sources) // 2
         panel_rows.append(_panel_row(src[middle], edit[middle], truths[middle]))
     record["seconds"] = round(time.time() - t0, 1)
