@@ -24,6 +24,7 @@ from tools.browser import (
     app_server,
     by_css,
     chromium,
+    click,
     click_tab,
     edit_in_page,
     generate_in_page,
@@ -96,7 +97,7 @@ def main(argv=None):
         click_tab(page, "Map")
         t_map = time.time()
         if not page.find_elements("css selector", "#map-image img"):
-            by_css(page, "#map-btn").click()
+            click(page, by_css(page, "#map-btn"))
         wait_for(page, lambda p: p.find_elements("css selector", "#map-image img"), 1200,
                  "the map")
         map_seconds = time.time() - t_map

@@ -119,12 +119,25 @@ def by_css(page, selector: str):
     return page.find_element(By.CSS_SELECTOR, selector)
 
 
+def click(page, element, timeout: float = 30) -> None:
+    """Click as a person does: bring the element to the middle of the window first, and if
+    something lies over it for a moment (a toast, a row still laying out) try again until it
+    does not, rather than failing on the first "element click intercepted"."""
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+
+    def clicked(_):
+        element.click()
+        return True
+
+    wait_for(page, clicked, timeout, "a clickable element")
+
+
 def click_tab(page, name: str) -> None:
     from selenium.webdriver.common.by import By
 
     tab = wait_for(page, lambda p: [b for b in p.find_elements(By.CSS_SELECTOR, "[role=tab]")
                                     if b.text.strip() == name], what=f"the {name} tab")[0]
-    tab.click()
+    click(page, tab)
 
 
 def set_field(page, elem_id: str, value) -> None:
@@ -142,7 +155,7 @@ def choose(page, elem_id: str, option: str) -> None:
 
     for label in page.find_elements(By.CSS_SELECTOR, f"#{elem_id} label"):
         if label.text.strip() == option:
-            label.click()
+            click(page, label)
             return
     raise ValueError(f"no option {option!r} in #{elem_id}")
 
@@ -164,7 +177,7 @@ def generate_in_page(page, *, label: str, num_images: int, seed: int,
     set_field(page, "num-images", num_images)
     set_field(page, "seed", seed)
     count = num_images * (2 if label == "both" else 1)
-    by_css(page, "#generate-btn").click()
+    click(page, by_css(page, "#generate-btn"))
     t0 = time.time()
     # the settings line names the request's seed: a gallery left from an earlier one is not it
     wait_for(page, lambda p: re.search(rf"\bseed {seed}\b", by_css(p, "#settings").text)
@@ -176,7 +189,7 @@ def upload(page, elem_id: str, path: Path) -> None:
     """Choose ``path`` in a file field, as the file dialog would (the driver needs it absolute);
     a file already there is cleared first with the field's x, as a person would."""
     for clear in page.find_elements("css selector", f"#{elem_id} button[aria-label=Clear]"):
-        clear.click()
+        click(page, clear)
     field = wait_for(page, lambda p: by_css(p, f"#{elem_id} input[type=file]"),
                      what=f"the file field #{elem_id}")
     field.send_keys(str(Path(path).resolve()))
@@ -190,7 +203,7 @@ def edit_in_page(page, *, source_label: str, level: float | None = None,
     choose(page, "edit-source", source_label)
     if level is not None:
         set_field(page, "edit-level", f"{level:.3f}")
-    by_css(page, "#edit-btn").click()
+    click(page, by_css(page, "#edit-btn"))
     return wait_for(page, lambda p: p.find_elements("css selector", "#edit-image img")
                     and p.find_elements("css selector", "#edit-difference img")
                     and "->" in by_css(p, "#edit-notes").text
