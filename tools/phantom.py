@@ -582,11 +582,14 @@ def _remove_stale(folders, keep: set[Path]) -> int:
 def _write_jobs(jobs: list[Job], workers: int) -> tuple[list[dict], float]:
     """Write every job's slices (in ``workers`` processes); (manifest records, seconds)."""
     start = time.perf_counter()
-    load_templates()  # once in this process: forked workers inherit it
     if workers == 1:
         records = [write_patient(job) for job in jobs]
     else:
-        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+        # Not "fork": a child forked from a process whose threads (torch's OpenMP pool, a
+        # server) hold a lock can wait on it forever (it hung the test suite once). Each
+        # forkserver worker loads the templates itself, a few seconds.
+        methods = mp.get_all_start_methods()
+        context = mp.get_context("forkserver" if "forkserver" in methods else None)
         with context.Pool(workers) as pool:
             records = pool.map(write_patient, jobs, chunksize=1)
     return records, time.perf_counter() - start
