@@ -1,18 +1,24 @@
 #!/bin/bash
-# #17: a 128 px model whose VAE has no patch-GAN term, against demo128's (GAN) model, on all pairs.
-while ! grep -q 'demo128 end' /work/demo128.log 2>/dev/null; do sleep 30; done
-cd /tmp/fresh_demo5
+# #17, 2026-12-01: the edit at 128 px with and without the patch-GAN decoder, on all pairs.
+# usage: cf128.sh CLONE OUT -- CLONE: a checkout where `make demo128` has run (its model and
+# data/phantom with the pairs); OUT: where the plain model and every result go.
+# (Run on the day as two chained scripts that waited on the demo128 run; the same steps.)
+set -e
+cd "$1"
+E=$2
+mkdir -p "$E"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PY=.venv/bin/python
-E=/work/exp/cf128
-log() { echo "$(date -u +%T) $*" >> $E/run.log; }
-log "edit eval: demo128 GAN model, all pairs"
-$PY edit.py --model outputs/demo128/model --data data/phantom --evaluate --out $E/edit_gan > $E/edit_gan.out 2>&1
-log "done rc=$?; train plain VAE"
-$PY train_vae.py --config configs/demo128.yaml --vae.disc_weight 0 --data data/phantom --output_dir $E/vae_run --resume_from_checkpoint latest > $E/vae.out 2>&1
-log "done rc=$?; train UNet"
-$PY train_unet.py --config configs/demo128.yaml --vae $E/vae_run/vae --data data/phantom --output_dir $E/model --resume_from_checkpoint latest > $E/unet.out 2>&1
-log "done rc=$?; edit eval plain"
-cp -r outputs/demo128/model/judge $E/model/judge
-$PY edit.py --model $E/model --data data/phantom --evaluate --out $E/edit_plain > $E/edit_plain.out 2>&1
-log "done rc=$?"
+GAN=outputs/demo128/model
+edit() { $PY edit.py --data data/phantom --evaluate "$@"; }
+
+edit --model $GAN --out $E/edit_gan
+$PY train_vae.py --config configs/demo128.yaml --vae.disc_weight 0 --data data/phantom \
+    --output_dir $E/vae_run --resume_from_checkpoint latest
+$PY train_unet.py --config configs/demo128.yaml --vae $E/vae_run/vae --data data/phantom \
+    --output_dir $E/model --resume_from_checkpoint latest
+cp -r $GAN/judge $E/model/judge    # one judge for both models
+edit --model $E/model --out $E/edit_plain
+$PY evaluate.py --model $E/model --data data/phantom --out $E/eval_plain
+edit --model $E/model --strength 0.25 --out $E/edit_plain_s025
+edit --model $GAN --strength 0.25 --out $E/edit_gan_s025
