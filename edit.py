@@ -3,18 +3,22 @@
     python edit.py --image data/phantom/test/NC/123456_70.jpeg --to AD --out runs/edit
     python edit.py --data data/phantom --split test --num_images 8 --to flip --method sdedit
 
-Each slice is encoded with the model's VAE, inverted under its own label (DDIM inversion) or
-noised (SDEdit) to --strength, and denoised under the target label with classifier-free guidance;
-the change, made at the model's resolution, reaches 256x240 along the source's own edges (a guided
-filter; --refine none resizes it only).
+Each slice is encoded with the model's VAE and noised to --strength; by default (--method
+posterior) the change is the difference of the denoiser's predictions of the clean slice under the
+target and the source label, averaged over --draws noise draws (no sampling); --method inversion
+(DDIM inversion under the slice's own label) and sdedit (added noise) instead denoise it under the
+target label with classifier-free guidance. The change, made at the model's resolution, reaches
+256x240 along the source's own edges (a guided filter; --refine none resizes it only).
 Writes per slice the counterfactual (8-bit PNG at 256x240, named after its source) and a signed
 difference map over the source (one scale for the run), panel.png (source | counterfactual |
 difference) and edit.json (the judge's probability of the target label before and after, SSIM to
 the source, mean absolute change inside the brain). A slice's label is its folder's (AD/NC) or
 --label. A level-conditioned model keeps each slice's level: from the slice numbers of the
-patient's files beside it, or --slice_position. Guidance defaults to 2 (measured against the
-truth, below), steps to the model's saved ones; the judge is the one evaluate.py trains on --data
-and caches in MODEL/judge. --evaluate scores edits against the stand-in set's paired truth:
+patient's files beside it, or --slice_position. --strength and --guidance_scale default to the
+method's values measured against the truth (posterior: noise level 0.6, guidance 1, i.e. the
+plain difference; inversion and sdedit: 0.4 and 2), steps to the model's saved ones; the judge
+is the one evaluate.py trains on --data and caches in MODEL/judge. --evaluate scores edits
+against the stand-in set's paired truth:
 
     python edit.py --model outputs/demo/model --data data/phantom --evaluate [--num_images 12]
 """
@@ -22,10 +26,10 @@ and caches in MODEL/judge. --evaluate scores edits against the stand-in set's pa
 from pipelines.cli import model_script_parser, parse_slice_positions
 from pipelines.config import check_positive
 from pipelines.counterfactual import (
-    DEFAULT_GUIDANCE,
     DEFAULT_METHOD,
-    DEFAULT_STRENGTH,
+    METHOD_DEFAULTS,
     check_edit_args,
+    check_method,
     edit_to_folder,
     read_source,
     sources_from_data,
@@ -34,7 +38,7 @@ from pipelines.counterfactual_eval import evaluate_edits, read_pairs
 from pipelines.data import load_split
 from pipelines.errors import UserError, cli_entry
 from pipelines.judge import judge_for
-from pipelines.ldm.pipeline_adni import CHANGE_FROM, EDIT_METHODS, REFINE
+from pipelines.ldm.pipeline_adni import CHANGE_FROM, DEFAULT_DRAWS, EDIT_METHODS, REFINE
 from pipelines.sampling import check_level_model, load_pipeline, sampling_settings, saved_config
 
 
@@ -52,9 +56,13 @@ def main(argv=None):
                         "spread over the split (default 8); with --evaluate: per direction, "
                         "spread over the pairs (default: all)")
     parser.add_argument("--to", default="flip", help="AD | NC | flip (each to the other label)")
-    parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
-                        help="share of the noise schedule the edit spans, in (0, 1]")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="share of the noise schedule the edit spans, in (0, 1] (default: "
+                             "the method's, " + ", ".join(f"{m} {d['strength']}" for m, d in
+                                                         METHOD_DEFAULTS.items()) + ")")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=EDIT_METHODS)
+    parser.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
+                        help="--method posterior: noise draws averaged")
     parser.add_argument("--change_from", default="null_edit", choices=CHANGE_FROM,
                         help="the source plus the decoded edit minus: the same path under the "
                              "source's label (null_edit), or the decoded source (reconstruction);"
@@ -72,7 +80,10 @@ def main(argv=None):
     if args.scheduler is not None:
         raise UserError("--scheduler does not apply to edits: they always use DDIM (and its "
                         "inverse) built from the model's noise schedule")
+    if args.strength is None:
+        args.strength = METHOD_DEFAULTS[args.method]["strength"]
     check_edit_args(args.strength, args.to)
+    check_method(args.method, args.change_from, args.draws)
     cfg = saved_config(args.model)
     batch_size = cfg.sample.batch_size if args.batch_size is None else args.batch_size
     check_positive(batch_size=batch_size)
@@ -94,7 +105,7 @@ def main(argv=None):
     settings.pop("scheduler")
     settings.pop("guidance_interval", None)  # edits guide every step of their short path
     if args.guidance_scale is None and settings:
-        settings["guidance_scale"] = DEFAULT_GUIDANCE
+        settings["guidance_scale"] = METHOD_DEFAULTS[args.method]["guidance_scale"]
     skip = cfg.data.skip_corrupt if args.skip_corrupt is None else args.skip_corrupt
     train = load_split(args.data, "train", cfg.data.resolution, skip, progress=False)
     judge, _ = judge_for(train, cfg.eval, f"{args.model}/judge")
@@ -103,14 +114,16 @@ def main(argv=None):
         evaluate_edits(pipe, judge, pairs, args.data, out, settings=settings,
                        strength=args.strength, method=args.method, seed=args.seed,
                        batch_size=batch_size, change_from=args.change_from,
-                       refine=args.refine, record={"model": str(args.model)})
+                       refine=args.refine, num_draws=args.draws,
+                       record={"model": str(args.model)})
         print(open(f"{out}/truth.md").read())
         return
     out = args.out or f"{args.model}/edit"
     record = edit_to_folder(pipe, judge, sources, args.to, out, settings=settings,
                             strength=args.strength, method=args.method, seed=args.seed,
                             batch_size=batch_size, change_from=args.change_from,
-                            refine=args.refine, record={"model": str(args.model)})
+                            refine=args.refine, num_draws=args.draws,
+                            record={"model": str(args.model)})
     for note in record["converted"]:
         print(f"converted {note['file']}: {note['reason']}")
     summary = record["summary"]

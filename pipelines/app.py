@@ -31,6 +31,7 @@ from .counterfactual import (
     DEFAULT_METHOD,
     DEFAULT_STRENGTH,
     as_source,
+    describe_edit,
     edit_to_folder,
 )
 from .data import load_split, read_slice_file, scan
@@ -53,7 +54,8 @@ MAP_GENERATED = 100  # generated slices per label placed on the map (as `make de
 COUNTERFACTUAL_NOTE = (
     "Pick or upload a slice to read it as the model does (conversion, native size, the judge's "
     "AD/NC probabilities), then **Edit** it towards the other label: `edit.py` on one slice "
-    "(VAE, inversion or SDEdit to the strength, guided denoising). The difference map is where "
+    "(VAE, noise to the strength, then the difference of the denoiser's predictions under the "
+    "two labels; or inversion / SDEdit and guided denoising). The difference map is where "
     "this model puts the change between AD and NC for this brain; how close such edits come to "
     "a true counterfactual is measured on the stand-in data (`edit.py --evaluate`) and shown "
     "below when the model has been scored. It is not a prediction for a patient.")
@@ -345,8 +347,7 @@ def edit_slice(session: AppSession, picked: str | None, uploaded: str | None, so
              f"{row['target_label']}) {row['p_target_before']:.3f} -> {row['p_target_after']:.3f}"
              f" · SSIM to the source {row['ssim_to_source']:.3f} · mean change in the brain "
              f"{row['mean_abs_change_in_brain']:.1f} grey levels",
-             f"{method}, strength {strength:g}, guidance {settings['guidance_scale']:g}, "
-             f"{settings['num_inference_steps']} DDIM steps"
+             describe_edit(method, strength, settings)
              + (f", slice level {source.position:.2f}" if source.position is not None else "")
              + f" · {record['seconds']:.1f} s",
              *([f"Conversion: {source.note}"] if source.note else []), truth_summary(session)]
@@ -548,11 +549,13 @@ def build_app(session: AppSession):
                                                   "is its folder's)")
                     target = gr.Radio(list(EDIT_TARGETS), value=EDIT_TARGETS[0],
                                       label="Edit to", elem_id="edit-target")
-                    strength = gr.Number(DEFAULT_STRENGTH, label="Strength, in (0, 1]",
+                    strength = gr.Number(DEFAULT_STRENGTH, label="Strength (noise level), in "
+                                         "(0, 1]",
                                          elem_id="edit-strength")
                     method = gr.Dropdown(list(EDIT_METHODS), value=DEFAULT_METHOD,
                                          label="Method", elem_id="edit-method")
-                    edit_guidance = gr.Number(DEFAULT_GUIDANCE, label="Guidance scale (1 = none)",
+                    edit_guidance = gr.Number(DEFAULT_GUIDANCE, label="Guidance scale (posterior: "
+                                              "extrapolation; 1 = none)",
                                               elem_id="edit-guidance")
                     edit_level = gr.Textbox("", label="Slice level, 0 to 1 (an upload's; empty: "
                                             "from the patient's slices beside it)",

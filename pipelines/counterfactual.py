@@ -31,15 +31,27 @@ from .data import (
 )
 from .errors import UserError
 from .files import atomic_path, write_json
-from .ldm.pipeline_adni import EDIT_METHODS, ADNICounterfactualPipeline, ADNIDiffusionPipeline
+from .ldm.pipeline_adni import (
+    DEFAULT_DRAWS,
+    EDIT_METHODS,
+    ADNICounterfactualPipeline,
+    ADNIDiffusionPipeline,
+)
 from .metrics import ssim_maps
 from .plots import save_png
 from .runs import prepare_output_dir
 from .slices import NATIVE_SIZE, to_model_input, to_native
 
-DEFAULT_STRENGTH = 0.4  # measured against the truth: docs/RESULTS.md, "Counterfactuals"
-DEFAULT_METHOD = "inversion"  # beat SDEdit on flip rate and localisation at equal strength
-DEFAULT_GUIDANCE = 2.0  # against the truth; at 4 (the sampling default then) no slice came closer
+# Each method's strength and guidance, measured against the paired truth (docs/RESULTS.md,
+# "Counterfactuals"): the sampled edits at 0.4 and guidance 2 (at 4, the sampling default then,
+# no slice came closer); the posterior change at noise level 0.6 without extrapolation, which
+# came closer to the truth than either, so it is the default.
+METHOD_DEFAULTS = {"posterior": {"strength": 0.6, "guidance_scale": 1.0},
+                   "inversion": {"strength": 0.4, "guidance_scale": 2.0},
+                   "sdedit": {"strength": 0.4, "guidance_scale": 2.0}}
+DEFAULT_METHOD = "posterior"
+DEFAULT_STRENGTH = METHOD_DEFAULTS[DEFAULT_METHOD]["strength"]
+DEFAULT_GUIDANCE = METHOD_DEFAULTS[DEFAULT_METHOD]["guidance_scale"]
 BRAIN_LEVEL = 10  # grey level above which a pixel is brain (the background is black)
 PANEL_ROWS = 12  # slices shown in the panel figure; the per-slice maps cover all of them
 
@@ -123,6 +135,19 @@ def check_edit_args(strength: float, to: str) -> None:
             raise UserError(f"--to: {err}, or flip") from None
 
 
+def check_method(method: str, change_from: str = "null_edit",
+                 num_draws: int = DEFAULT_DRAWS) -> None:
+    """--method one of EDIT_METHODS; the posterior method's --change_from and --draws."""
+    if method not in EDIT_METHODS:
+        raise UserError(f"--method {method!r}: use one of {', '.join(EDIT_METHODS)}")
+    if method == "posterior" and change_from != "null_edit":
+        raise UserError(f"--change_from {change_from} does not apply to --method posterior "
+                        "(its change is between the two labels' predictions); leave it out or "
+                        "use --method inversion")
+    if not (isinstance(num_draws, int) and num_draws >= 1):
+        raise UserError(f"--draws must be a whole number >= 1, got {num_draws!r}")
+
+
 def target_ids(sources: list[Source], to: str) -> list[int]:
     """``to``: AD, NC or flip (each slice to the other label)."""
     if to.lower() == "flip":
@@ -145,15 +170,15 @@ def make_editor(pipe: ADNIDiffusionPipeline) -> ADNICounterfactualPipeline:
 def run_edits(editor, sources: list[Source], targets: list[int], *, strength: float,
               method: str, guidance_scale: float, num_inference_steps: int, seed: int,
               batch_size: int, change_from: str = "null_edit", refine: str = "guided",
-              progress: bool = True) -> np.ndarray:
+              num_draws: int = DEFAULT_DRAWS, progress: bool = True) -> np.ndarray:
     """(N, H, W) uint8 counterfactuals at each source's native size (the model's 256x240).
 
-    Each slice's SDEdit noise comes from its own seed, so results do not depend on batching.
+    Each slice's noise (SDEdit's, the posterior method's draws) comes from its own seed, so
+    results do not depend on batching.
     """
     from tqdm.auto import tqdm
 
-    if method not in EDIT_METHODS:
-        raise UserError(f"--method {method!r}: use one of {', '.join(EDIT_METHODS)}")
+    check_method(method, change_from, num_draws)
     levels = editor.level_conditioned
     unknown = [s.path.name for s in sources if levels and s.position is None]
     if unknown:
@@ -170,7 +195,7 @@ def run_edits(editor, sources: list[Source], targets: list[int], *, strength: fl
                         targets[start : start + len(batch)], strength=strength, method=method,
                         guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                         generator=gens, change_from=change_from, refine=refine,
-                        output_type="np",
+                        num_draws=num_draws, output_type="np",
                         slice_positions=[s.position for s in batch] if levels else None).images
         outs.append(np.rint(images[..., 0] * 255).astype(np.uint8))
     return np.concatenate(outs)
@@ -289,10 +314,20 @@ def save_panel(sources, edited: np.ndarray, rows: list[dict], scale: float, path
 # ----------------------------------------------------------------------------- the run
 
 
+def describe_edit(method: str, strength: float, settings: dict,
+                  num_draws: int = DEFAULT_DRAWS) -> str:
+    """One line naming an edit's settings, for panels and reports."""
+    if method == "posterior":
+        return (f"posterior, noise level {strength}, {num_draws} draws, extrapolation "
+                f"{settings['guidance_scale']:g}")
+    return (f"{method}, strength {strength}, guidance {settings['guidance_scale']:g}, "
+            f"{settings['num_inference_steps']} DDIM steps")
+
+
 def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, settings: dict,
                    strength: float, method: str, seed: int, batch_size: int,
                    change_from: str = "null_edit", refine: str = "guided",
-                   record: dict | None = None) -> dict:
+                   num_draws: int = DEFAULT_DRAWS, record: dict | None = None) -> dict:
     """Edit ``sources`` towards ``to`` and write OUT/<stem>.png, OUT/difference/<stem>.png,
     OUT/panel.png and OUT/edit.json; returns the edit.json record."""
     stems = [s.path.stem for s in sources]
@@ -307,7 +342,8 @@ def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, sett
     edited = run_edits(make_editor(pipe), sources, targets, strength=strength, method=method,
                        guidance_scale=settings["guidance_scale"],
                        num_inference_steps=settings["num_inference_steps"], seed=seed,
-                       batch_size=batch_size, change_from=change_from, refine=refine)
+                       batch_size=batch_size, change_from=change_from, refine=refine,
+                       num_draws=num_draws)
     seconds = time.time() - t0
     rows = per_slice_numbers(sources, edited, targets, judge)
     scale = difference_scale(sources, edited)
@@ -317,12 +353,12 @@ def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, sett
             source.pixels, out, scale, out_dir / "difference" / f"{source.path.stem}.png",
             f"{source.path.name}: {row['source_label']} -> {row['target_label']}"
         ).relative_to(out_dir).as_posix()
-    heading = (f"{method}, strength {strength}, guidance {settings['guidance_scale']}, "
-               f"{settings['num_inference_steps']} DDIM steps; red brighter, blue darker")
+    heading = f"{describe_edit(method, strength, settings, num_draws)}; red brighter, blue darker"
     save_panel(sources, edited, rows, scale, out_dir / "panel.png", heading)
     flipped = [r["p_target_after"] > 0.5 for r in rows if r["target_label"] != r["source_label"]]
     record = {**(record or {}), "method": method, "strength": strength, "to": to,
-              "change_from": change_from, "refine": refine, "seed": seed, **settings,
+              "change_from": change_from, "refine": refine, "seed": seed,
+              **({"num_draws": num_draws} if method == "posterior" else {}), **settings,
               "difference_scale": round(scale, 2), "seconds": round(seconds, 1),
               "summary": {
                   "slices": len(rows),

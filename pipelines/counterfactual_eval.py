@@ -28,8 +28,10 @@ import torch
 from PIL import Image
 
 from .counterfactual import (
+    METHOD_DEFAULTS,
     Source,
     brain_mask,
+    describe_edit,
     judge_target_probability,
     make_editor,
     masked_mean,
@@ -47,7 +49,7 @@ from .data import (
 )
 from .errors import UserError
 from .files import write_json, write_text
-from .ldm.pipeline_adni import EDIT_METHODS
+from .ldm.pipeline_adni import DEFAULT_DRAWS, EDIT_METHODS
 from .metrics import ssim_maps
 from .plots import grid, save_png
 from .runs import prepare_output_dir
@@ -167,10 +169,21 @@ def reconstructions(editor, sources: list[Source], batch_size: int) -> np.ndarra
     return np.rint(np.concatenate(outs) * 255).astype(np.uint8)
 
 
+def baseline_settings(method: str, strength: float, guidance_scale: float) -> dict:
+    """{other method: (strength, guidance)} to score beside ``method``: the other sampled method
+    at the same strength and guidance (the issue's like-for-like baseline), the posterior method
+    against the others at their own measured defaults (METHOD_DEFAULTS) and they against it."""
+    def own(m):
+        return METHOD_DEFAULTS[m]["strength"], METHOD_DEFAULTS[m]["guidance_scale"]
+
+    return {m: (strength, guidance_scale) if "posterior" not in (m, method) else own(m)
+            for m in EDIT_METHODS if m != method}
+
+
 def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: dict,
                    strength: float, method: str, seed: int, batch_size: int,
                    change_from: str = "null_edit", refine: str = "guided",
-                   record: dict | None = None) -> dict:
+                   num_draws: int = DEFAULT_DRAWS, record: dict | None = None) -> dict:
     """Score the edit, its baselines and the null edit against the paired truth (``pairs``:
     :func:`read_pairs` of ``data_root``); writes
     OUT/truth.json, OUT/truth.md and OUT/truth_panel.png (source | edit | truth | their
@@ -179,13 +192,17 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
     out_dir = prepare_output_dir(out_dir, "truth.json")
     mean_diff = mean_class_difference(data_root)
     editor = make_editor(pipe)
-    other = [m for m in EDIT_METHODS if m != method][0]
-    kwargs = {"strength": strength, "guidance_scale": settings["guidance_scale"],
-              "num_inference_steps": settings["num_inference_steps"], "seed": seed,
-              "batch_size": batch_size, "change_from": change_from, "refine": refine,
+    others = baseline_settings(method, strength, settings["guidance_scale"])
+    common = {"num_inference_steps": settings["num_inference_steps"], "seed": seed,
+              "batch_size": batch_size, "refine": refine, "num_draws": num_draws,
               "progress": False}
+    kwargs = {**common, "strength": strength, "guidance_scale": settings["guidance_scale"],
+              "change_from": change_from}
     record = {**(record or {}), "method": method, "strength": strength,
-              "change_from": change_from, "refine": refine, **settings,
+              "change_from": change_from, "refine": refine,
+              **({"num_draws": num_draws} if method == "posterior" else {}), **settings,
+              "baselines": {m: {"strength": st, "guidance_scale": g}
+                            for m, (st, g) in others.items()},
               "changed_level": CHANGED_LEVEL, "truth_rule": pairs_rule(data_root),
               "directions": {}}
     panel_rows = []
@@ -195,7 +212,9 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
         sign = 1.0 if direction.endswith("AD") else -1.0
         candidates = {
             f"edit ({method})": run_edits(editor, sources, targets, method=method, **kwargs),
-            f"baseline: {other}": run_edits(editor, sources, targets, method=other, **kwargs),
+            **{f"baseline: {m}": run_edits(editor, sources, targets, method=m, strength=st,
+                                           guidance_scale=g, **common)
+               for m, (st, g) in others.items()},
             "baseline: + mean AD-NC image": np.clip(src + sign * mean_diff + 0.5, 0,
                                                    255).astype(np.uint8),
             "source": src,
@@ -237,9 +256,14 @@ def truth_table(record: dict) -> str:
              "mae_to_truth": "MAE to truth", "closer_than_source": "closer than source",
              "localisation_auc": "localisation AUC", "identity_ssim": "identity SSIM",
              "mean_abs_change_in_brain": "mean change in brain"}
-    lines = [f"Edits: {record['method']}, strength {record['strength']}, guidance "
-             f"{record['guidance_scale']}, {record['num_inference_steps']} DDIM steps, "
-             f"change from {record['change_from']}, refined {record.get('refine', 'none')}. MAE "
+    settings = {k: record[k] for k in ("guidance_scale", "num_inference_steps")}
+    edit = describe_edit(record["method"], record["strength"], settings,
+                         record.get("num_draws", DEFAULT_DRAWS))
+    baselines = "; ".join(describe_edit(m, b["strength"], {**settings, **b}, record.get(
+        "num_draws", DEFAULT_DRAWS)) for m, b in record.get("baselines", {}).items())
+    lines = [f"Edit: {edit}, change from {record['change_from']}, refined "
+             f"{record.get('refine', 'none')}" + (f". Baselines: {baselines}" if baselines
+                                                   else "") + ". MAE "
              "and change in grey levels inside the brain; truly changed pixels: |truth - source| "
              f"> {record['changed_level']}; the truth's severities by the "
              f"{record.get('truth_rule', 'typical')} rule.", ""]

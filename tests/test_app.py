@@ -225,11 +225,14 @@ def test_editing_a_slice_writes_what_edit_py_writes(session, tiny_model, tiny_le
                                                    tiny_data, tmp_path, capsys):
     """The Edit button: edit.py's outputs for the same slice and settings; bad fields are
     messages; an upload needs its label (and, for a level model, its level)."""
+    from pipelines.counterfactual import DEFAULT_GUIDANCE, DEFAULT_METHOD, DEFAULT_STRENGTH
+
     from .test_mistakes import run_main
 
-    picked = session.test_slices()[0]
-    image, difference, notes, record = edit_slice(session, picked, None, None,
-                                                  "the other label", 0.4, "inversion", 2.0, "")
+    picked = session.test_slices()[0]  # the page's defaults are edit.py's
+    image, difference, notes, record = edit_slice(session, picked, None, None, "the other label",
+                                                  DEFAULT_STRENGTH, DEFAULT_METHOD,
+                                                  DEFAULT_GUIDANCE, "")
     label = picked.split("/")[1]
     other = "AD" if label == "NC" else "NC"
     assert f"**{label} -> {other}**" in notes and "Not scored against the truth" in notes

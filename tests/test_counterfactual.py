@@ -1,4 +1,5 @@
-"""The counterfactual pipeline: DDIM inversion round trip, the null edit, SDEdit, inputs."""
+"""The counterfactual pipeline: DDIM inversion round trip, the null edit, SDEdit, the posterior
+change, inputs."""
 
 from pathlib import Path
 
@@ -85,7 +86,36 @@ def test_sdedit_is_deterministic_with_a_generator_and_outputs_keep_their_size(ed
                                                               edit.resolution, 1)
 
 
+def test_the_posterior_change_is_the_label_difference_and_exactly_none_for_the_same_label(
+        edit, slices):
+    """The posterior method: no change where target = source (the null edit is the source
+    exactly, even beside an edited slice in the same batch); deterministic with generators and
+    independent of batching (each slice's draws come from its own generator); extrapolation w
+    scales the latent difference, so w = 3 changes the slice more than w = 1."""
+    source = [np.asarray(s) for s in slices]
+
+    def run(images, targets, seeds, **kwargs):
+        out = edit(images, "NC", targets, strength=0.6, method="posterior", num_draws=3,
+                   num_inference_steps=4, output_type="np",
+                   generator=[torch.Generator().manual_seed(s) for s in seeds], **kwargs)
+        return np.rint(out.images[..., 0] * 255).astype(np.uint8)
+
+    both = run(slices, ["NC", "AD"], [0, 1])
+    assert np.array_equal(both[0], source[0])  # the null edit, batched beside a real one
+    assert np.abs(both[1].astype(float) - source[1]).mean() > 0.05
+    assert np.array_equal(run(slices[1:], ["AD"], [1])[0], both[1])  # batch-independent
+    assert np.array_equal(run(slices, ["NC", "AD"], [0, 1]), both)  # deterministic
+    stronger = run(slices[1:], ["AD"], [1], guidance_scale=3.0)[0]
+    assert np.abs(stronger.astype(float) - source[1]).mean() > \
+        np.abs(both[1].astype(float) - source[1]).mean()
+    latents = edit(slices[1:], "NC", "AD", method="posterior", num_draws=2, num_inference_steps=4,
+                   output_type="latent").images
+    assert latents.shape == edit.encode(slices[1:]).shape
+
+
 @pytest.mark.parametrize("kwargs, words", [
+    ({"method": "posterior", "change_from": "none"}, "change_from must be null_edit"),
+    ({"method": "posterior", "num_draws": 0}, "num_draws must be"),
     ({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"),
     ({"method": "ddpm"}, "unknown method"), ({"change_from": "x"}, "unknown change_from"),
     ({"refine": "bilateral"}, "unknown refine"),

@@ -73,15 +73,21 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
     for block in record["directions"].values():
         assert block["slices"] == 4
         rows = block["rows"]
-        assert {"edit (inversion)", "baseline: sdedit", "baseline: + mean AD-NC image", "source",
-                "VAE reconstruction", "truth", "null edit (target = source label)"} == set(rows)
+        assert {"edit (posterior)", "baseline: inversion", "baseline: sdedit",
+                "baseline: + mean AD-NC image", "source", "VAE reconstruction", "truth",
+                "null edit (target = source label)"} == set(rows)
         assert rows["truth"]["mae_to_truth"] == 0 and rows["source"]["identity_ssim"] == 1
         assert rows["null edit (target = source label)"]["mean_abs_change_in_brain"] == 0
         by_patient = block["edit_closer_by_patient"]  # one pair patient per class here
         assert len(by_patient) == 1 and list(by_patient.values()) == pytest.approx(
-            [rows["edit (inversion)"]["closer_than_source"]], abs=1e-3)
+            [rows["edit (posterior)"]["closer_than_source"]], abs=1e-3)
     assert (out / "truth.md").is_file() and (out / "truth_panel.png").is_file()
-    assert record["model"] == str(tiny_model) and record["guidance_scale"] == 2.0  # edit default
+    # the default method's settings, its baselines at theirs (pipelines.counterfactual)
+    assert record["model"] == str(tiny_model) and record["method"] == "posterior"
+    assert (record["strength"], record["guidance_scale"], record["num_draws"]) == (0.6, 1.0, 16)
+    assert record["baselines"] == {"inversion": {"strength": 0.4, "guidance_scale": 2.0},
+                                   "sdedit": {"strength": 0.4, "guidance_scale": 2.0}}
+    assert "Baselines: inversion, strength 0.4" in (out / "truth.md").read_text()
     assert record["truth_rule"] == "rank" and "by the rank rule" in (out / "truth.md").read_text()
     code, err = run_main("edit.py", "--model", tiny_model, "--data", data, "--evaluate",
                          "--num_images", "2", "--num_inference_steps", "2", "--out",

@@ -294,6 +294,9 @@ def test_evaluation_mistakes(tiny_model, tiny_data, tmp_path, script, args, word
     (["--image", "README.md"], ["its label is unknown", "--label"]),
     (["--image", "README.md", "--label", "MCI"], ["unknown label 'MCI'"]),
     (["--image", "README.md", "--label", "AD"], ["not a readable image"]),
+    (["--draws", "0"], ["--draws", "whole number >= 1"]),
+    (["--change_from", "reconstruction"], ["--change_from reconstruction", "--method posterior",
+                                           "--method inversion"]),
 ])
 def test_edit_mistakes(tiny_model, tiny_data, tmp_path, args, words, capsys):
     code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--out",

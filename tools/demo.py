@@ -215,7 +215,7 @@ def counterfactual_targets(truth: dict) -> list[str]:
                           edit["closer_than_source"], 0.7),
                  check(f"{direction} MAE to the truth, edit vs baselines",
                        f"{edit['mae_to_truth']:.2f} vs " + ", ".join(f"{m:.2f}" for m in others),
-                       "below both", all(edit["mae_to_truth"] < m for m in others)),
+                       "below every baseline", all(edit["mae_to_truth"] < m for m in others)),
                  at_least(f"{direction} identity SSIM outside the changed pixels",
                           edit["identity_ssim"], 0.9)]
     return rows
