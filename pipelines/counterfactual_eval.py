@@ -212,8 +212,9 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
         sign = 1.0 if direction.endswith("AD") else -1.0
         candidates = {
             f"edit ({method})": run_edits(editor, sources, targets, method=method, **kwargs),
-            **{f"baseline: {m}": run_edits(editor, sources, targets, method=m, strength=st,
-                                           guidance_scale=g, **common)
+            **{f"baseline: {m}": run_edits(
+                editor, sources, targets, method=m, strength=st, guidance_scale=g, **common,
+                change_from="null_edit" if m == "posterior" else change_from)
                for m, (st, g) in others.items()},
             "baseline: + mean AD-NC image": np.clip(src + sign * mean_diff + 0.5, 0,
                                                    255).astype(np.uint8),

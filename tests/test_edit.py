@@ -146,3 +146,14 @@ def test_edit_slice_position_on_a_label_only_model_exits_2(tiny_model, tiny_data
     code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--image", nc,
                          "--slice_position", "0.3", "--out", tmp_path / "e", capsys=capsys)
     assert code == 2 and "label-only" in err
+
+
+def test_baselines_are_the_other_methods_at_comparable_settings():
+    """Inversion and SDEdit are compared like for like (same strength and guidance); the
+    posterior method and they are each scored at their own measured defaults."""
+    from pipelines.counterfactual_eval import baseline_settings
+
+    assert baseline_settings("inversion", 0.3, 3.0) == {"posterior": (0.6, 1.0),
+                                                         "sdedit": (0.3, 3.0)}
+    assert baseline_settings("posterior", 0.5, 1.5) == {"inversion": (0.4, 2.0),
+                                                         "sdedit": (0.4, 2.0)}
