@@ -8,7 +8,8 @@ posterior) the change is the difference of the denoiser's predictions of the cle
 target and the source label, averaged over --draws noise draws (no sampling); --method inversion
 (DDIM inversion under the slice's own label) and sdedit (added noise) instead denoise it under the
 target label with classifier-free guidance. The change, made at the model's resolution, reaches
-256x240 along the source's own edges (a guided filter; --refine none resizes it only).
+256x240 along the source's own edges (a guided filter, then gathered onto the edges within each
+model pixel; --refine guided stops after the filter, --refine none resizes only).
 Writes per slice the counterfactual (8-bit PNG at 256x240, named after its source) and a signed
 difference map over the source (one scale for the run), panel.png (source | counterfactual |
 difference) and edit.json (the judge's probability of the target label before and after, SSIM to
@@ -38,7 +39,13 @@ from pipelines.counterfactual_eval import evaluate_edits, read_pairs
 from pipelines.data import load_split
 from pipelines.errors import UserError, cli_entry
 from pipelines.judge import judge_for
-from pipelines.ldm.pipeline_adni import CHANGE_FROM, DEFAULT_DRAWS, EDIT_METHODS, REFINE
+from pipelines.ldm.pipeline_adni import (
+    CHANGE_FROM,
+    DEFAULT_DRAWS,
+    DEFAULT_REFINE,
+    EDIT_METHODS,
+    REFINE,
+)
 from pipelines.sampling import check_level_model, load_pipeline, sampling_settings, saved_config
 
 
@@ -67,9 +74,11 @@ def main(argv=None):
                         help="the source plus the decoded edit minus: the same path under the "
                              "source's label (null_edit), or the decoded source (reconstruction);"
                              " or none: the decoded edit itself")
-    parser.add_argument("--refine", default="guided", choices=REFINE,
+    parser.add_argument("--refine", default=DEFAULT_REFINE, choices=REFINE,
                         help="bring the change to the native size through a guided filter with "
-                             "the source as guide (guided), or resized only (none)")
+                             "the source as guide, then gathered on the source's edges within "
+                             "each model pixel (edges), the guided filter only (guided), or "
+                             "resized only (none)")
     parser.add_argument("--seed", type=int, default=0, help="SDEdit's noise")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--evaluate", action="store_true", help="instead: score edits of both "

@@ -33,6 +33,7 @@ from .errors import UserError
 from .files import atomic_path, write_json
 from .ldm.pipeline_adni import (
     DEFAULT_DRAWS,
+    DEFAULT_REFINE,
     EDIT_METHODS,
     ADNICounterfactualPipeline,
     ADNIDiffusionPipeline,
@@ -169,7 +170,7 @@ def make_editor(pipe: ADNIDiffusionPipeline) -> ADNICounterfactualPipeline:
 
 def run_edits(editor, sources: list[Source], targets: list[int], *, strength: float,
               method: str, guidance_scale: float, num_inference_steps: int, seed: int,
-              batch_size: int, change_from: str = "null_edit", refine: str = "guided",
+              batch_size: int, change_from: str = "null_edit", refine: str = DEFAULT_REFINE,
               num_draws: int = DEFAULT_DRAWS, progress: bool = True) -> np.ndarray:
     """(N, H, W) uint8 counterfactuals at each source's native size (the model's 256x240).
 
@@ -326,7 +327,7 @@ def describe_edit(method: str, strength: float, settings: dict,
 
 def edit_to_folder(pipe, judge, sources: list[Source], to: str, out_dir, *, settings: dict,
                    strength: float, method: str, seed: int, batch_size: int,
-                   change_from: str = "null_edit", refine: str = "guided",
+                   change_from: str = "null_edit", refine: str = DEFAULT_REFINE,
                    num_draws: int = DEFAULT_DRAWS, record: dict | None = None) -> dict:
     """Edit ``sources`` towards ``to`` and write OUT/<stem>.png, OUT/difference/<stem>.png,
     OUT/panel.png and OUT/edit.json; returns the edit.json record."""

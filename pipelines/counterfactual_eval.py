@@ -49,7 +49,7 @@ from .data import (
 )
 from .errors import UserError
 from .files import write_json, write_text
-from .ldm.pipeline_adni import DEFAULT_DRAWS, EDIT_METHODS
+from .ldm.pipeline_adni import DEFAULT_DRAWS, DEFAULT_REFINE, EDIT_METHODS
 from .metrics import ssim_maps
 from .plots import grid, save_png
 from .runs import prepare_output_dir
@@ -182,7 +182,7 @@ def baseline_settings(method: str, strength: float, guidance_scale: float) -> di
 
 def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: dict,
                    strength: float, method: str, seed: int, batch_size: int,
-                   change_from: str = "null_edit", refine: str = "guided",
+                   change_from: str = "null_edit", refine: str = DEFAULT_REFINE,
                    num_draws: int = DEFAULT_DRAWS, record: dict | None = None) -> dict:
     """Score the edit, its baselines and the null edit against the paired truth (``pairs``:
     :func:`read_pairs` of ``data_root``); writes

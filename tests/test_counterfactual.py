@@ -73,6 +73,22 @@ def test_the_guided_filter_gives_a_coarse_change_the_sources_edge():
     assert np.array_equal(guided_filter(guide, np.zeros_like(guide), 4), np.zeros_like(guide))
 
 
+def test_edge_weighting_gathers_a_change_onto_the_sources_edge_and_keeps_its_sum():
+    """A uniform darkening beside a wall comes back on the wall: the (2 r + 1) pixels' worth of
+    change around it gathered there (the row's sum kept within 10 %), none left far from it,
+    and no change stays exactly none."""
+    from pipelines.ldm.pipeline_adni import edge_weighted
+
+    x = np.arange(64)
+    guide = np.where(x < 30, 0.2, 0.8)[None].repeat(32, 0)
+    change = np.full(guide.shape, -2.0)
+    moved = edge_weighted(guide, change, radius=4)
+    row = moved[16]
+    assert np.abs(row[29:31]).min() > 4.0 and np.abs(row[:20]).max() < 1e-6
+    assert row.sum() == pytest.approx(9 * -2.0, rel=0.1)  # the 2 r + 1 = 9 pixels nearest it
+    assert np.array_equal(edge_weighted(guide, np.zeros_like(guide), 4), np.zeros_like(guide))
+
+
 def test_sdedit_is_deterministic_with_a_generator_and_outputs_keep_their_size(edit, slices):
     def run(**kwargs):
         return edit(slices, "NC", "AD", strength=0.5, method="sdedit", num_inference_steps=4,
@@ -119,6 +135,7 @@ def test_the_posterior_change_is_the_label_difference_and_exactly_none_for_the_s
     ({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"),
     ({"method": "ddpm"}, "unknown method"), ({"change_from": "x"}, "unknown change_from"),
     ({"refine": "bilateral"}, "unknown refine"),
+    ({"refine": "warp"}, "edges, guided, none"),
     ({"target_labels": "MCI"}, "unknown label"),
     ({"images": [Image.new("RGB", (256, 240))]}, "mode RGB"),
     ({"target_labels": ["AD", "NC", "AD"]}, "one per image"),
