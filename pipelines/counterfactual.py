@@ -33,7 +33,9 @@ from .errors import UserError
 from .files import atomic_path, write_json
 from .ldm.pipeline_adni import (
     DEFAULT_DRAWS,
+    DEFAULT_EDIT_METHOD,
     DEFAULT_REFINE,
+    EDIT_DEFAULTS,
     EDIT_METHODS,
     ADNICounterfactualPipeline,
     ADNIDiffusionPipeline,
@@ -43,14 +45,8 @@ from .plots import save_png
 from .runs import prepare_output_dir
 from .slices import NATIVE_SIZE, to_model_input, to_native
 
-# Each method's strength and guidance, measured against the paired truth (docs/RESULTS.md,
-# "Counterfactuals"): the sampled edits at 0.4 and guidance 2 (at 4, the sampling default then,
-# no slice came closer); the posterior change at noise level 0.6 without extrapolation, which
-# came closer to the truth than either, so it is the default.
-METHOD_DEFAULTS = {"posterior": {"strength": 0.6, "guidance_scale": 1.0},
-                   "inversion": {"strength": 0.4, "guidance_scale": 2.0},
-                   "sdedit": {"strength": 0.4, "guidance_scale": 2.0}}
-DEFAULT_METHOD = "posterior"
+METHOD_DEFAULTS = EDIT_DEFAULTS  # each method's measured strength and guidance
+DEFAULT_METHOD = DEFAULT_EDIT_METHOD
 DEFAULT_STRENGTH = METHOD_DEFAULTS[DEFAULT_METHOD]["strength"]
 DEFAULT_GUIDANCE = METHOD_DEFAULTS[DEFAULT_METHOD]["guidance_scale"]
 BRAIN_LEVEL = 10  # grey level above which a pixel is brain (the background is black)

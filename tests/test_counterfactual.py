@@ -36,7 +36,7 @@ def test_inversion_then_denoising_with_the_source_label_returns_the_source_laten
     source = edit.encode(slices[:1])
     errors = {}
     for steps in (50, 200):
-        back = edit(slices[:1], "NC", "NC", strength=1.0, guidance_scale=1.0,
+        back = edit(slices[:1], "NC", "NC", strength=1.0, method="inversion", guidance_scale=1.0,
                     num_inference_steps=steps, output_type="latent").images
         errors[steps] = float((back - source).norm() / source.norm())
     assert errors[200] < 0.1 and errors[200] < 0.5 * errors[50], errors
@@ -46,8 +46,9 @@ def test_the_null_edit_is_near_identity(edit, slices):
     """Target = source label, unguided, the change measured from the decoded source: the slice
     comes back nearly as it was. Measured from the null edit itself it is exact by design."""
     source = np.asarray(slices[0]).astype(float)
-    same = edit(slices[0], "NC", "NC", strength=1.0, guidance_scale=1.0, num_inference_steps=200,
-                change_from="reconstruction", output_type="np").images[0, ..., 0] * 255
+    same = edit(slices[0], "NC", "NC", strength=1.0, method="inversion", guidance_scale=1.0,
+                num_inference_steps=200, change_from="reconstruction",
+                output_type="np").images[0, ..., 0] * 255
     assert same.shape == source.shape == (240, 256)
     assert np.abs(same - source).mean() < 5.0  # grey levels of 255: 2 % of the range
     exact = edit(slices[0], "NC", "NC", strength=0.5, num_inference_steps=4,
@@ -120,6 +121,9 @@ def test_the_posterior_change_is_the_label_difference_and_exactly_none_for_the_s
     assert np.array_equal(both[0], source[0])  # the null edit, batched beside a real one
     assert np.abs(both[1].astype(float) - source[1]).mean() > 0.05
     assert np.array_equal(run(slices[1:], ["AD"], [1])[0], both[1])  # batch-independent
+    plain = edit(slices[1:], "NC", "AD", num_draws=3, num_inference_steps=4, output_type="np",
+                 generator=[torch.Generator().manual_seed(1)]).images  # the defaults: edit.py's
+    assert np.array_equal(np.rint(plain[0, ..., 0] * 255).astype(np.uint8), both[1])
     assert np.array_equal(run(slices, ["NC", "AD"], [0, 1]), both)  # deterministic
     stronger = run(slices[1:], ["AD"], [1], guidance_scale=3.0)[0]
     assert np.abs(stronger.astype(float) - source[1]).mean() > \
@@ -185,8 +189,8 @@ def test_a_level_model_edits_at_the_slice_level(tiny_level_model, slices):
         edit(slices, "NC", "AD", num_inference_steps=2, slice_positions=[0.2, 1.5])
 
     def run(levels):
-        return edit(slices[:1], "NC", "AD", strength=0.5, num_inference_steps=4,
-                    slice_positions=levels, output_type="latent").images
+        return edit(slices[:1], "NC", "AD", strength=0.5, method="inversion",
+                    num_inference_steps=4, slice_positions=levels, output_type="latent").images
 
     assert not torch.allclose(run(0.1), run(0.9))
     assert torch.equal(run(0.1), run([0.1]))
