@@ -28,7 +28,6 @@ from pipelines.cli import model_script_parser, parse_slice_positions
 from pipelines.config import check_positive
 from pipelines.counterfactual import (
     DEFAULT_METHOD,
-    METHOD_DEFAULTS,
     check_edit_args,
     check_method,
     edit_to_folder,
@@ -43,6 +42,7 @@ from pipelines.ldm.pipeline_adni import (
     CHANGE_FROM,
     DEFAULT_DRAWS,
     DEFAULT_REFINE,
+    EDIT_DEFAULTS,
     EDIT_METHODS,
     REFINE,
 )
@@ -66,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--strength", type=float, default=None,
                         help="share of the noise schedule the edit spans, in (0, 1] (default: "
                              "the method's, " + ", ".join(f"{m} {d['strength']}" for m, d in
-                                                         METHOD_DEFAULTS.items()) + ")")
+                                                         EDIT_DEFAULTS.items()) + ")")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=EDIT_METHODS)
     parser.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
                         help="--method posterior: noise draws averaged")
@@ -90,7 +90,7 @@ def main(argv=None):
         raise UserError("--scheduler does not apply to edits: they always use DDIM (and its "
                         "inverse) built from the model's noise schedule")
     if args.strength is None:
-        args.strength = METHOD_DEFAULTS[args.method]["strength"]
+        args.strength = EDIT_DEFAULTS[args.method]["strength"]
     check_edit_args(args.strength, args.to)
     check_method(args.method, args.change_from, args.draws)
     cfg = saved_config(args.model)
@@ -114,7 +114,7 @@ def main(argv=None):
     settings.pop("scheduler")
     settings.pop("guidance_interval", None)  # edits guide every step of their short path
     if args.guidance_scale is None and settings:
-        settings["guidance_scale"] = METHOD_DEFAULTS[args.method]["guidance_scale"]
+        settings["guidance_scale"] = EDIT_DEFAULTS[args.method]["guidance_scale"]
     skip = cfg.data.skip_corrupt if args.skip_corrupt is None else args.skip_corrupt
     train = load_split(args.data, "train", cfg.data.resolution, skip, progress=False)
     judge, _ = judge_for(train, cfg.eval, f"{args.model}/judge")

@@ -45,10 +45,9 @@ from .plots import save_png
 from .runs import prepare_output_dir
 from .slices import NATIVE_SIZE, to_model_input, to_native
 
-METHOD_DEFAULTS = EDIT_DEFAULTS  # each method's measured strength and guidance
-DEFAULT_METHOD = DEFAULT_EDIT_METHOD
-DEFAULT_STRENGTH = METHOD_DEFAULTS[DEFAULT_METHOD]["strength"]
-DEFAULT_GUIDANCE = METHOD_DEFAULTS[DEFAULT_METHOD]["guidance_scale"]
+DEFAULT_METHOD = DEFAULT_EDIT_METHOD  # the app's page starts at the default method's settings
+DEFAULT_STRENGTH = EDIT_DEFAULTS[DEFAULT_METHOD]["strength"]
+DEFAULT_GUIDANCE = EDIT_DEFAULTS[DEFAULT_METHOD]["guidance_scale"]
 BRAIN_LEVEL = 10  # grey level above which a pixel is brain (the background is black)
 PANEL_ROWS = 12  # slices shown in the panel figure; the per-slice maps cover all of them
 

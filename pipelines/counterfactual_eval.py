@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 from .counterfactual import (
-    METHOD_DEFAULTS,
     Source,
     brain_mask,
     describe_edit,
@@ -49,7 +48,7 @@ from .data import (
 )
 from .errors import UserError
 from .files import write_json, write_text
-from .ldm.pipeline_adni import DEFAULT_DRAWS, DEFAULT_REFINE, EDIT_METHODS
+from .ldm.pipeline_adni import DEFAULT_DRAWS, DEFAULT_REFINE, EDIT_DEFAULTS, EDIT_METHODS
 from .metrics import ssim_maps
 from .plots import grid, save_png
 from .runs import prepare_output_dir
@@ -172,9 +171,9 @@ def reconstructions(editor, sources: list[Source], batch_size: int) -> np.ndarra
 def baseline_settings(method: str, strength: float, guidance_scale: float) -> dict:
     """{other method: (strength, guidance)} to score beside ``method``: the other sampled method
     at the same strength and guidance (the issue's like-for-like baseline), the posterior method
-    against the others at their own measured defaults (METHOD_DEFAULTS) and they against it."""
+    against the others at their own measured defaults (EDIT_DEFAULTS) and they against it."""
     def own(m):
-        return METHOD_DEFAULTS[m]["strength"], METHOD_DEFAULTS[m]["guidance_scale"]
+        return EDIT_DEFAULTS[m]["strength"], EDIT_DEFAULTS[m]["guidance_scale"]
 
     return {m: (strength, guidance_scale) if "posterior" not in (m, method) else own(m)
             for m in EDIT_METHODS if m != method}
@@ -258,10 +257,10 @@ def truth_table(record: dict) -> str:
              "localisation_auc": "localisation AUC", "identity_ssim": "identity SSIM",
              "mean_abs_change_in_brain": "mean change in brain"}
     settings = {k: record[k] for k in ("guidance_scale", "num_inference_steps")}
-    edit = describe_edit(record["method"], record["strength"], settings,
-                         record.get("num_draws", DEFAULT_DRAWS))
-    baselines = "; ".join(describe_edit(m, b["strength"], {**settings, **b}, record.get(
-        "num_draws", DEFAULT_DRAWS)) for m, b in record.get("baselines", {}).items())
+    draws = record.get("num_draws", DEFAULT_DRAWS)
+    edit = describe_edit(record["method"], record["strength"], settings, draws)
+    baselines = "; ".join(describe_edit(m, b["strength"], {**settings, **b}, draws)
+                          for m, b in record.get("baselines", {}).items())
     lines = [f"Edit: {edit}, change from {record['change_from']}, refined "
              f"{record.get('refine', 'none')}" + (f". Baselines: {baselines}" if baselines
                                                    else "") + ". MAE "

@@ -598,18 +598,29 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
                                  "predictions: change_from must be null_edit")
             if not (isinstance(num_draws, int) and num_draws >= 1):
                 raise ValueError(f"num_draws must be a whole number >= 1, got {num_draws!r}")
-            edited, reference = self._posterior_pair(start, sources, targets, positions, forward,
-                                                     forward.timesteps[-k], guidance_scale,
-                                                     num_draws, generator, output_type)
-            if output_type == "latent":
-                images = edited
-            else:
-                change = (edited - reference) * (targets != sources).float().cpu()[:, None, None,
-                                                                                    None]
-                images = self.pixels_output(self._add_change(slices, change, native_size,
-                                                             refine), output_type)
-            self.maybe_free_model_hooks()
-            return ImagePipelineOutput(images=images) if return_dict else (images,)
+            latents, change = self._posterior_change(
+                start, sources, targets, positions, forward, forward.timesteps[-k],
+                guidance_scale, num_draws, generator, decode=output_type != "latent")
+        else:
+            latents, change = self._sampled_change(
+                start, sources, targets, positions, method, forward, inverse, k, guidance_scale,
+                generator, decode=output_type != "latent" and change_from != "none",
+                paired=change_from == "null_edit" and output_type != "latent")
+        if output_type == "latent":
+            images = latents
+        elif change is None:  # change_from "none": the decoded edit itself
+            images = self.postprocess(self.decode_latents(latents), output_type, native_size)
+        else:
+            images = self.pixels_output(self._add_change(slices, change, native_size, refine),
+                                        output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _sampled_change(self, start, sources, targets, positions, method: str, forward, inverse,
+                        k: int, guidance_scale: float, generator, decode: bool, paired: bool):
+        """(edited latents, decoded change or None): inversion or SDEdit to step ``k``, then
+        guided DDIM under the target label; ``paired``: the same path under the source label in
+        the same batch is the change's reference (the null edit), else the source's latent."""
         if method == "inversion":
             noisy = self.denoise(start, sources, 1.0, inverse, inverse.timesteps[:k],
                                  positions=positions)
@@ -617,48 +628,41 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
             noise = randn_tensor(start.shape, generator=generator, device=start.device,
                                  dtype=start.dtype)
             noisy = forward.add_noise(start, noise, forward.timesteps[-k:][:1])
-        paired = change_from == "null_edit" and output_type != "latent"
         if paired:  # [target, source label] from the same noisy latents, in one batch
             noisy, targets = torch.cat([noisy, noisy]), torch.cat([targets, sources])
             positions = None if positions is None else torch.cat([positions, positions])
         latents = self.denoise(noisy, targets, guidance_scale, forward, forward.timesteps[-k:],
                                generator, positions)
-        if output_type == "latent":
-            images = latents
-        elif change_from == "none":
-            images = self.postprocess(self.decode_latents(latents), output_type, native_size)
-        else:
-            edited, reference = latents.chunk(2) if paired else (latents, start)
-            change = self.decode_latents(edited) - self.decode_latents(reference)
-            images = self.pixels_output(self._add_change(slices, change, native_size, refine),
-                                        output_type)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        if not decode:
+            return latents, None
+        edited, reference = latents.chunk(2) if paired else (latents, start)
+        return latents, self.decode_latents(edited) - self.decode_latents(reference)
 
-    def _posterior_pair(self, start, sources, targets, positions, scheduler, t,
-                        guidance_scale: float, num_draws: int, generator, output_type: str):
-        """(target, source) predictions of the clean slice from the same noisy latents at step
-        ``t``, averaged over ``num_draws`` noise draws: decoded (N, 1, R, R) images, or the
-        target's latents when ``output_type`` is "latent"."""
+    def _posterior_change(self, start, sources, targets, positions, scheduler, t,
+                          guidance_scale: float, num_draws: int, generator, decode: bool):
+        """(target's predicted latents, decoded change or None): the clean slice predicted under
+        the target and the source label from the same noisy latents at step ``t``, each decoded,
+        averaged over ``num_draws`` noise draws; none where target = source."""
         labels = torch.cat([targets, sources])
         both = condition_inputs(self.unet, labels,
                                 None if positions is None else torch.cat([positions, positions]))
-        edited = reference = 0.0
+        latents = edited = reference = 0.0
         for _ in range(num_draws):
             noise = randn_tensor(start.shape, generator=generator, device=start.device,
                                  dtype=start.dtype)
-            noisy = scheduler.add_noise(start, noise, t[None])
-            model_input = scheduler.scale_model_input(torch.cat([noisy, noisy]), t)
-            out = self.unet(model_input, t, **both).sample
-            clean = scheduler.step(out, t, torch.cat([noisy, noisy])).pred_original_sample
-            target, source = clean.chunk(2)
+            noisy = scheduler.add_noise(start, noise, t[None]).repeat(2, 1, 1, 1)
+            out = self.unet(scheduler.scale_model_input(noisy, t), t, **both).sample
+            target, source = scheduler.step(out, t, noisy).pred_original_sample.chunk(2)
             target = source + guidance_scale * (target - source)
-            if output_type == "latent":
-                edited = edited + target / num_draws
+            if not decode:
+                latents = latents + target / num_draws
                 continue
             edited = edited + self.decode_latents(target) / num_draws
             reference = reference + self.decode_latents(source) / num_draws
-        return edited, reference
+        if not decode:
+            return latents, None
+        same = (targets == sources).cpu()[:, None, None, None]
+        return None, (edited - reference) * (~same).float()
 
     def _levels(self, slice_positions, n: int) -> torch.Tensor | None:
         """(n,) levels for a level-conditioned model (checked; one for all or one per image),
