@@ -265,6 +265,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir, state: TrainState, lim
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)  # snapshots the global RNGs
+    accelerator.wait_for_everyone()  # every rank's RNG file written before the rename
     if accelerator.is_main_process:
         if save_extra is not None:
             with rng_untouched():  # the run goes on from the snapshot, as a resumed one does
