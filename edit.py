@@ -5,7 +5,8 @@
 
 Each slice is encoded with the model's VAE and noised to --strength; by default (--method
 posterior) the change is the difference of the denoiser's predictions of the clean slice under the
-target and the source label, averaged over --draws noise draws (no sampling); --method inversion
+target and the source label, averaged over --draws noise draws spread over four noise levels up to
+--strength (no sampling); --method inversion
 (DDIM inversion under the slice's own label) and sdedit (added noise) instead denoise it under the
 target label with classifier-free guidance. The change, made at the model's resolution, reaches
 256x240 along the source's own edges (a guided filter, then gathered onto the edges within each
@@ -16,9 +17,9 @@ difference) and edit.json (the judge's probability of the target label before an
 the source, mean absolute change inside the brain). A slice's label is its folder's (AD/NC) or
 --label. A level-conditioned model keeps each slice's level: from the slice numbers of the
 patient's files beside it, or --slice_position. --strength and --guidance_scale default to the
-method's values measured against the truth (posterior: noise level 0.6, guidance 1, i.e. the
-plain difference; inversion and sdedit: 0.4 and 2), steps to the model's saved ones; the judge
-is the one evaluate.py trains on --data and caches in MODEL/judge. --evaluate scores edits
+method's values measured against the truth (posterior: noise levels up to 0.75, guidance 1,
+i.e. the plain difference; inversion and sdedit: 0.4 and 2), steps to the model's saved ones;
+the judge is the one evaluate.py trains on --data and caches in MODEL/judge. --evaluate scores edits
 against the stand-in set's paired truth:
 
     python edit.py --model outputs/demo/model --data data/phantom --evaluate [--num_images 12]
@@ -64,7 +65,8 @@ def main(argv=None):
                         "spread over the pairs (default: all)")
     parser.add_argument("--to", default="flip", help="AD | NC | flip (each to the other label)")
     parser.add_argument("--strength", type=float, default=None,
-                        help="share of the noise schedule the edit spans, in (0, 1] (default: "
+                        help="share of the noise schedule the edit spans (posterior: the "
+                             "highest of its noise levels), in (0, 1] (default: "
                              "the method's, " + ", ".join(f"{m} {d['strength']}" for m, d in
                                                          EDIT_DEFAULTS.items()) + ")")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=EDIT_METHODS)

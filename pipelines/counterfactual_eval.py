@@ -54,6 +54,7 @@ from .plots import grid, save_png
 from .runs import prepare_output_dir
 
 CHANGED_LEVEL = 20  # grey levels: |truth - source| above this is a truly changed pixel
+RESAMPLES = 2000  # patient resamples behind each 95 % interval
 
 
 def read_pairs(root, per_direction: int | None = None) -> dict[str, tuple[list[Source],
@@ -130,6 +131,24 @@ def closer_by_patient(closer: np.ndarray, sources: list[Source]) -> dict[str, fl
     for source, flag in zip(sources, closer, strict=True):
         by_patient.setdefault(patient_id(source.path.name), []).append(bool(flag))
     return {pid: round(float(np.mean(flags)), 3) for pid, flags in sorted(by_patient.items())}
+
+
+def patient_interval(values, sources: list[Source], resamples: int = RESAMPLES,
+                     seed: int = 0) -> list[float]:
+    """The 95 % interval of the mean of per-slice ``values`` over another draw of pair patients:
+    patients resampled with replacement (a cluster bootstrap). The patients, not the slices, are
+    the independent units: a patient's slices share one anatomy and severity, and whether an
+    edit comes closer than the source is decided patient by patient ("The truth by rank")."""
+    values = np.asarray(values, dtype=np.float64)
+    groups: dict[str, list[int]] = {}
+    for i, source in enumerate(sources):
+        groups.setdefault(patient_id(source.path.name), []).append(i)
+    known = ~np.isnan(values)  # a slice without brain has no error to the truth
+    sums = np.array([values[idx][known[idx]].sum() for idx in groups.values()])
+    counts = np.array([known[idx].sum() for idx in groups.values()])
+    picks = np.random.default_rng(seed).integers(0, len(groups), (resamples, len(groups)))
+    means = sums[picks].sum(1) / counts[picks].sum(1)
+    return [round(float(q), 4) for q in np.percentile(means, [2.5, 97.5])]
 
 
 def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, judge,
@@ -229,10 +248,15 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
         rows["null edit (target = source label)"] = score(
             null, src, truths, [s.label for s in sources], judge, brain, source_mae)
         edit = candidates[f"edit ({method})"]
-        closer = mae_to_truth(edit, truths, brain) < source_mae
+        edit_mae = mae_to_truth(edit, truths, brain)
+        closer = edit_mae < source_mae
+        per_slice = {"flip_rate": judge_target_probability(judge, edit, targets) > 0.5,
+                     "closer_than_source": closer, "mae_to_truth": edit_mae}
         record["directions"][direction] = {
             "slices": len(sources), "rows": rows,
-            "edit_closer_by_patient": closer_by_patient(closer, sources)}
+            "edit_closer_by_patient": closer_by_patient(closer, sources),
+            "edit_intervals": {name: patient_interval(values, sources)
+                               for name, values in per_slice.items()}}
         middle = len(sources) // 2
         panel_rows.append(_panel_row(src[middle], edit[middle], truths[middle]))
     record["seconds"] = round(time.time() - t0, 1)
@@ -274,6 +298,13 @@ def truth_table(record: dict) -> str:
         for name, row in block["rows"].items():
             cells = [f"{row[k]:.3f}" if row[k] == row[k] else "n/a" for k in names]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        intervals = block.get("edit_intervals")
+        if intervals:
+            lines += ["", f"The edit's 95 % intervals over another draw of these "
+                      f"{len(block.get('edit_closer_by_patient', {}))} patients (resampled "
+                      f"{RESAMPLES} times): " + ", ".join(
+                          f"{names[k]} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in intervals.items())
+                      + "."]
         by_patient = block.get("edit_closer_by_patient", {})
         if by_patient:
             lines += ["", "The edit closer than the source, per patient: " + ", ".join(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.ldm.pipeline_adni import ADNICounterfactualPipeline, guided_filter
+from pipelines.ldm.pipeline_adni import EDIT_DEFAULTS, ADNICounterfactualPipeline, guided_filter
 from pipelines.sampling import load_pipeline
 
 
@@ -112,7 +112,8 @@ def test_the_posterior_change_is_the_label_difference_and_exactly_none_for_the_s
     source = [np.asarray(s) for s in slices]
 
     def run(images, targets, seeds, **kwargs):
-        out = edit(images, "NC", targets, strength=0.6, method="posterior", num_draws=3,
+        out = edit(images, "NC", targets, method="posterior", num_draws=3,
+                   strength=EDIT_DEFAULTS["posterior"]["strength"],
                    num_inference_steps=4, output_type="np",
                    generator=[torch.Generator().manual_seed(s) for s in seeds], **kwargs)
         return np.rint(out.images[..., 0] * 255).astype(np.uint8)

@@ -81,10 +81,14 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
         by_patient = block["edit_closer_by_patient"]  # one pair patient per class here
         assert len(by_patient) == 1 and list(by_patient.values()) == pytest.approx(
             [rows["edit (posterior)"]["closer_than_source"]], abs=1e-3)
+        # one patient: another draw of patients is this one again, the interval is the value
+        for key, (low, high) in block["edit_intervals"].items():
+            assert low == pytest.approx(high) == pytest.approx(rows["edit (posterior)"][key],
+                                                               abs=1e-3)
     assert (out / "truth.md").is_file() and (out / "truth_panel.png").is_file()
     # the default method's settings, its baselines at theirs (pipelines.counterfactual)
     assert record["model"] == str(tiny_model) and record["method"] == "posterior"
-    assert (record["strength"], record["guidance_scale"], record["num_draws"]) == (0.6, 1.0, 16)
+    assert (record["strength"], record["guidance_scale"], record["num_draws"]) == (0.75, 1.0, 16)
     assert record["baselines"] == {"inversion": {"strength": 0.4, "guidance_scale": 2.0},
                                    "sdedit": {"strength": 0.4, "guidance_scale": 2.0}}
     assert "Baselines: inversion, strength 0.4" in (out / "truth.md").read_text()
@@ -102,6 +106,9 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
     assert len(rows) == 2 + 2 * 5
     assert all(r.endswith(("| met |", "| MISSED |", "| n/a |")) for r in rows[2:])
     assert "(the truth itself: " in rows[2]  # the judge's own ceiling beside the flip rate
+    assert "95 % over patients" in rows[2] and "95 % over patients" in rows[4]
+    assert "95 % intervals over another draw of these 1 patients" in \
+        (out / "truth.md").read_text()
     shutil.copytree(out, tmp_path / "demo" / "counterfactual")
     report = write_report(data, tmp_path / "demo").read_text()
     assert "## Counterfactuals against the truth" in report and "NC->AD flip rate" in report
@@ -153,7 +160,27 @@ def test_baselines_are_the_other_methods_at_comparable_settings():
     posterior method and they are each scored at their own measured defaults."""
     from pipelines.counterfactual_eval import baseline_settings
 
-    assert baseline_settings("inversion", 0.3, 3.0) == {"posterior": (0.6, 1.0),
+    assert baseline_settings("inversion", 0.3, 3.0) == {"posterior": (0.75, 1.0),
                                                          "sdedit": (0.3, 3.0)}
     assert baseline_settings("posterior", 0.5, 1.5) == {"inversion": (0.4, 2.0),
                                                          "sdedit": (0.4, 2.0)}
+
+
+def test_patient_interval_resamples_patients_not_slices():
+    """The interval is as wide as the patients differ: none when every patient scores alike,
+    wide when the score is set patient by patient, and the same on every call."""
+    from types import SimpleNamespace
+
+    from pipelines.counterfactual_eval import patient_interval
+
+    sources = [SimpleNamespace(path=Path(f"{pid}_{i}.jpeg")) for pid in range(10, 20)
+               for i in range(20)]
+    alike = np.tile([0.0, 1.0], 100)  # every patient closer in half its slices
+    assert patient_interval(alike, sources) == [0.5, 0.5]
+    by_patient = np.repeat([1.0] * 7 + [0.0] * 3, 20)  # 7 of 10 patients closer in every slice
+    low, high = patient_interval(by_patient, sources)
+    assert low < 0.5 and high > 0.9  # ten patients say little more than "about 0.7"
+    assert patient_interval(by_patient, sources) == [low, high]
+    with_gap = by_patient.copy()
+    with_gap[0] = np.nan  # a slice without brain has no error: left out, not counted as 0
+    assert np.allclose(patient_interval(with_gap, sources), [low, high], atol=0.01)

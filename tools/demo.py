@@ -190,6 +190,14 @@ def level_targets(levels: dict | None) -> list[str]:
     return rows
 
 
+def _interval(intervals: dict, key: str) -> str:
+    """"; 95 % over patients a-b" (truth.json's edit_intervals), or "" where there is none."""
+    if key not in intervals:
+        return ""
+    low, high = intervals[key]
+    return f"; 95 % over patients {low:.2f}-{high:.2f}"
+
+
 def counterfactual_targets(truth: dict) -> list[str]:
     """Issue #17's targets for the edits, per direction, from edit.py --evaluate's truth.json
     (a number that could not be computed, e.g. an AUC without changed pixels, is n/a)."""
@@ -208,11 +216,14 @@ def counterfactual_targets(truth: dict) -> list[str]:
         others = [row["mae_to_truth"] for name, row in found.items()
                   if name.startswith("baseline")]
         ceiling = found.get("truth", {}).get("flip_rate")  # the judge on the truth itself
+        spread = block.get("edit_intervals", {})
         rows += [at_least(f"{direction} flip rate", edit["flip_rate"], 0.8,
-                          "" if ceiling is None else f" (the truth itself: {ceiling:.3f})"),
+                          "" if ceiling is None else
+                          f" (the truth itself: {ceiling:.3f}{_interval(spread, 'flip_rate')})"),
                  at_least(f"{direction} localisation AUC", edit["localisation_auc"], 0.75),
                  at_least(f"{direction} closer to the truth than the source",
-                          edit["closer_than_source"], 0.7),
+                          edit["closer_than_source"], 0.7,
+                          f" ({_interval(spread, 'closer_than_source')[2:]})" if spread else ""),
                  check(f"{direction} MAE to the truth, edit vs baselines",
                        f"{edit['mae_to_truth']:.2f} vs " + ", ".join(f"{m:.2f}" for m in others),
                        "below every baseline", all(edit["mae_to_truth"] < m for m in others)),

@@ -395,12 +395,17 @@ EDIT_METHODS = ("posterior", "inversion", "sdedit")
 DEFAULT_EDIT_METHOD = "posterior"
 # Each method's strength and guidance, measured against the paired truth (docs/RESULTS.md,
 # "Counterfactuals"): the sampled edits at 0.4 and guidance 2 (at 4, the sampling default then,
-# no slice came closer); the posterior change at noise level 0.6, unextrapolated, which came
-# closer to the truth than either, so it is the default.
-EDIT_DEFAULTS = {"posterior": {"strength": 0.6, "guidance_scale": 1.0},
+# no slice came closer); the posterior change up to noise level 0.75 (its draws spread over
+# POSTERIOR_LEVELS of it), unextrapolated, which came closer to the truth than either, so it is
+# the default.
+EDIT_DEFAULTS = {"posterior": {"strength": 0.75, "guidance_scale": 1.0},
                  "inversion": {"strength": 0.4, "guidance_scale": 2.0},
                  "sdedit": {"strength": 0.4, "guidance_scale": 2.0}}
 DEFAULT_DRAWS = 16  # noise draws the posterior edit averages (docs/RESULTS.md, "posterior")
+# The noise levels the posterior draws take turns at, as fractions of ``strength``: coarse
+# levels place the change, fine ones fit it to this anatomy; the spread came closer to the
+# truth than any one level (docs/RESULTS.md, "several noise levels").
+POSTERIOR_LEVELS = (1.0, 0.8, 0.6, 0.4)
 CHANGE_FROM = ("null_edit", "reconstruction", "none")
 REFINE = ("edges", "guided", "none")
 DEFAULT_REFINE = "edges"  # guided, then moved onto the source's edges: closest to the truth
@@ -489,11 +494,12 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
 
     ``method="posterior"`` samples nothing: the change is the difference of the denoiser's
     posterior means (Tweedie's formula, the DDIM step's predicted clean latent) under the target
-    and the source label, on the same noisy latents at noise level ``strength``, averaged over
-    ``num_draws`` noise draws and decoded; ``guidance_scale`` w extrapolates the target's
+    and the source label, on the same noisy latents, averaged over ``num_draws`` noise draws
+    that take turns at noise levels ``strength`` x POSTERIOR_LEVELS (``strength`` the highest),
+    and decoded; ``guidance_scale`` w extrapolates the target's
     prediction from the source's (x0_source + w (x0_target - x0_source)), so w = 1 is the plain
-    difference. It is what the model expects the label to change in this anatomy at that noise
-    scale, without the sampling's own texture, and came closest to the paired truth.
+    difference. It is what the model expects the label to change in this anatomy at those noise
+    scales, without the sampling's own texture, and came closest to the paired truth.
 
     The change is computed at the model's resolution; at the native size it is refined
     by a guided filter with the source as guide and a radius of two model pixels, so it follows
@@ -598,9 +604,11 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
                                  "predictions: change_from must be null_edit")
             if not (isinstance(num_draws, int) and num_draws >= 1):
                 raise ValueError(f"num_draws must be a whole number >= 1, got {num_draws!r}")
+            levels = [forward.timesteps[-max(1, round(num_inference_steps * strength * f))]
+                      for f in POSTERIOR_LEVELS]
             latents, change = self._posterior_change(
-                start, sources, targets, positions, forward, forward.timesteps[-k],
-                guidance_scale, num_draws, generator, decode=output_type != "latent")
+                start, sources, targets, positions, forward, levels, guidance_scale, num_draws,
+                generator, decode=output_type != "latent")
         else:
             latents, change = self._sampled_change(
                 start, sources, targets, positions, method, forward, inverse, k, guidance_scale,
@@ -638,16 +646,18 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
         edited, reference = latents.chunk(2) if paired else (latents, start)
         return latents, self.decode_latents(edited) - self.decode_latents(reference)
 
-    def _posterior_change(self, start, sources, targets, positions, scheduler, t,
+    def _posterior_change(self, start, sources, targets, positions, scheduler, levels,
                           guidance_scale: float, num_draws: int, generator, decode: bool):
         """(target's predicted latents, decoded change or None): the clean slice predicted under
-        the target and the source label from the same noisy latents at step ``t``, each decoded,
-        averaged over ``num_draws`` noise draws; none where target = source."""
+        the target and the source label from the same noisy latents, each decoded, averaged over
+        ``num_draws`` noise draws that take turns at the timesteps ``levels``; none where
+        target = source."""
         labels = torch.cat([targets, sources])
         both = condition_inputs(self.unet, labels,
                                 None if positions is None else torch.cat([positions, positions]))
         latents = edited = reference = 0.0
-        for _ in range(num_draws):
+        for draw in range(num_draws):
+            t = levels[draw % len(levels)]
             noise = randn_tensor(start.shape, generator=generator, device=start.device,
                                  dtype=start.dtype)
             noisy = scheduler.add_noise(start, noise, t[None]).repeat(2, 1, 1, 1)
