@@ -55,6 +55,8 @@ from .runs import prepare_output_dir
 
 CHANGED_LEVEL = 20  # grey levels: |truth - source| above this is a truly changed pixel
 RESAMPLES = 2000  # patient resamples behind each 95 % interval
+INTERVAL_NAMES = {"flip_rate": "flip rate", "closer_than_source": "closer than source",
+                  "mae_below_source": "MAE to truth below the source's (grey levels)"}
 
 
 def read_pairs(root, per_direction: int | None = None) -> dict[str, tuple[list[Source],
@@ -251,7 +253,8 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
         edit_mae = mae_to_truth(edit, truths, brain)
         closer = edit_mae < source_mae
         per_slice = {"flip_rate": judge_target_probability(judge, edit, targets) > 0.5,
-                     "closer_than_source": closer, "mae_to_truth": edit_mae}
+                     "closer_than_source": closer,
+                     "mae_below_source": source_mae - edit_mae}  # paired: the tighter interval
         record["directions"][direction] = {
             "slices": len(sources), "rows": rows,
             "edit_closer_by_patient": closer_by_patient(closer, sources),
@@ -303,7 +306,8 @@ def truth_table(record: dict) -> str:
             lines += ["", f"The edit's 95 % intervals over another draw of these "
                       f"{len(block.get('edit_closer_by_patient', {}))} patients (resampled "
                       f"{RESAMPLES} times): " + ", ".join(
-                          f"{names[k]} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in intervals.items())
+                          f"{INTERVAL_NAMES.get(k, k)} {lo:.3f}-{hi:.3f}"
+                          for k, (lo, hi) in intervals.items())
                       + "."]
         by_patient = block.get("edit_closer_by_patient", {})
         if by_patient:

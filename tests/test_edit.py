@@ -82,9 +82,12 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
         assert len(by_patient) == 1 and list(by_patient.values()) == pytest.approx(
             [rows["edit (posterior)"]["closer_than_source"]], abs=1e-3)
         # one patient: another draw of patients is this one again, the interval is the value
-        for key, (low, high) in block["edit_intervals"].items():
-            assert low == pytest.approx(high) == pytest.approx(rows["edit (posterior)"][key],
-                                                               abs=1e-3)
+        edit, spread = rows["edit (posterior)"], block["edit_intervals"]
+        values = {"flip_rate": edit["flip_rate"], "closer_than_source": edit["closer_than_source"],
+                  "mae_below_source": rows["source"]["mae_to_truth"] - edit["mae_to_truth"]}
+        assert set(spread) == set(values)
+        for key, (low, high) in spread.items():
+            assert low == pytest.approx(high) == pytest.approx(values[key], abs=1e-3)
     assert (out / "truth.md").is_file() and (out / "truth_panel.png").is_file()
     # the default method's settings, its baselines at theirs (pipelines.counterfactual)
     assert record["model"] == str(tiny_model) and record["method"] == "posterior"
