@@ -306,7 +306,7 @@ def truth_table(record: dict) -> str:
             lines += ["", f"The edit's 95 % intervals over another draw of these "
                       f"{len(block.get('edit_closer_by_patient', {}))} patients (resampled "
                       f"{RESAMPLES} times): " + ", ".join(
-                          f"{INTERVAL_NAMES.get(k, k)} {lo:.3f}-{hi:.3f}"
+                          f"{INTERVAL_NAMES.get(k, k)} {lo:.3f} to {hi:.3f}"
                           for k, (lo, hi) in intervals.items())
                       + "."]
         by_patient = block.get("edit_closer_by_patient", {})

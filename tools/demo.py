@@ -191,11 +191,11 @@ def level_targets(levels: dict | None) -> list[str]:
 
 
 def _interval(intervals: dict, key: str) -> str:
-    """"; 95 % over patients a-b" (truth.json's edit_intervals), or "" where there is none."""
+    """"; 95 % over patients a to b" (truth.json's edit_intervals), or "" where there is none."""
     if key not in intervals:
         return ""
     low, high = intervals[key]
-    return f"; 95 % over patients {low:.2f}-{high:.2f}"
+    return f"; 95 % over patients {low:.2f} to {high:.2f}"
 
 
 def counterfactual_targets(truth: dict) -> list[str]:
