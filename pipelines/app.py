@@ -54,11 +54,12 @@ MAP_GENERATED = 100  # generated slices per label placed on the map (as `make de
 COUNTERFACTUAL_NOTE = (
     "Pick or upload a slice to read it as the model does (conversion, native size, the judge's "
     "AD/NC probabilities), then **Edit** it towards the other label: `edit.py` on one slice "
-    "(VAE, noise to the strength, then the difference of the denoiser's predictions under the "
-    "two labels; or inversion / SDEdit and guided denoising). The difference map is where "
-    "this model puts the change between AD and NC for this brain; how close such edits come to "
-    "a true counterfactual is measured on the stand-in data (`edit.py --evaluate`) and shown "
-    "below when the model has been scored. It is not a prediction for a patient.")
+    "(VAE, noise at levels up to the strength, then the difference of the denoiser's "
+    "predictions under the two labels; or inversion / SDEdit and guided denoising). The "
+    "difference map is where this model puts the change between AD and NC for this brain; "
+    "how close such edits come to a true counterfactual is measured on the stand-in data "
+    "(`edit.py --evaluate`) and shown below when the model has been scored. It is not a "
+    "prediction for a patient.")
 EDIT_TARGETS = ("the other label", *CLASS_NAMES)
 
 

@@ -314,7 +314,7 @@ def describe_edit(method: str, strength: float, settings: dict,
                   num_draws: int = DEFAULT_DRAWS) -> str:
     """One line naming an edit's settings, for panels and reports."""
     if method == "posterior":
-        return (f"posterior, noise level {strength}, {num_draws} draws, extrapolation "
+        return (f"posterior, noise levels up to {strength}, {num_draws} draws, extrapolation "
                 f"{settings['guidance_scale']:g}")
     return (f"{method}, strength {strength}, guidance {settings['guidance_scale']:g}, "
             f"{settings['num_inference_steps']} DDIM steps")
