@@ -108,7 +108,7 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
     rows = counterfactual_targets(record)  # the demo report's verdicts, 5 per direction
     assert len(rows) == 2 + 2 * 5
     assert all(r.endswith(("| met |", "| MISSED |", "| n/a |")) for r in rows[2:])
-    assert "(the truth itself: " in rows[2]  # the judge's own ceiling beside the flip rate
+    assert "; the truth itself: " in rows[2]  # the judge's own ceiling beside the flip rate
     assert "95 % over patients" in rows[2] and "95 % over patients" in rows[4]
     assert "95 % intervals over another draw of these 1 patients" in \
         (out / "truth.md").read_text()

@@ -190,12 +190,12 @@ def level_targets(levels: dict | None) -> list[str]:
     return rows
 
 
-def _interval(intervals: dict, key: str) -> str:
-    """"; 95 % over patients a to b" (truth.json's edit_intervals), or "" where there is none."""
-    if key not in intervals:
-        return ""
-    low, high = intervals[key]
-    return f"; 95 % over patients {low:.2f} to {high:.2f}"
+def _beside(intervals: dict, key: str, *notes: str) -> str:
+    """" (95 % over patients a to b; notes)" from truth.json's edit_intervals and ``notes``, or
+    "" when there is neither."""
+    parts = ([f"95 % over patients {intervals[key][0]:.2f} to {intervals[key][1]:.2f}"]
+             if key in intervals else []) + [n for n in notes if n]
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def counterfactual_targets(truth: dict) -> list[str]:
@@ -218,12 +218,11 @@ def counterfactual_targets(truth: dict) -> list[str]:
         ceiling = found.get("truth", {}).get("flip_rate")  # the judge on the truth itself
         spread = block.get("edit_intervals", {})
         rows += [at_least(f"{direction} flip rate", edit["flip_rate"], 0.8,
-                          "" if ceiling is None else
-                          f" (the truth itself: {ceiling:.3f}{_interval(spread, 'flip_rate')})"),
+                          _beside(spread, "flip_rate", "" if ceiling is None else
+                                  f"the truth itself: {ceiling:.3f}")),
                  at_least(f"{direction} localisation AUC", edit["localisation_auc"], 0.75),
                  at_least(f"{direction} closer to the truth than the source",
-                          edit["closer_than_source"], 0.7,
-                          f" ({_interval(spread, 'closer_than_source')[2:]})" if spread else ""),
+                          edit["closer_than_source"], 0.7, _beside(spread, "closer_than_source")),
                  check(f"{direction} MAE to the truth, edit vs baselines",
                        f"{edit['mae_to_truth']:.2f} vs " + ", ".join(f"{m:.2f}" for m in others),
                        "below every baseline", all(edit["mae_to_truth"] < m for m in others)),
