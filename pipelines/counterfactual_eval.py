@@ -54,8 +54,13 @@ from .plots import grid, save_png
 from .runs import prepare_output_dir
 
 CHANGED_LEVEL = 20  # grey levels: |truth - source| above this is a truly changed pixel
+NULL_ROW = "null edit (target = source label)"
 RESAMPLES = 2000  # patient resamples behind each 95 % interval
-INTERVAL_NAMES = {"flip_rate": "flip rate", "closer_than_source": "closer than source",
+ROW_NAMES = {"flip_rate": "flip rate", "ssim_to_truth": "SSIM to truth",
+             "mae_to_truth": "MAE to truth", "closer_than_source": "closer than source",
+             "localisation_auc": "localisation AUC", "identity_ssim": "identity SSIM",
+             "mean_abs_change_in_brain": "mean change in brain"}
+INTERVAL_NAMES = {**{k: ROW_NAMES[k] for k in ("flip_rate", "closer_than_source")},
                   "mae_below_source": "MAE to truth below the source's (grey levels)"}
 
 
@@ -125,14 +130,21 @@ def mae_to_truth(images: np.ndarray, truths: np.ndarray, brain: np.ndarray) -> n
                                                                      strict=True)])
 
 
+def patient_slices(sources: list[Source]) -> dict[str, list[int]]:
+    """{pair patient: the indices of its slices in ``sources``}."""
+    groups: dict[str, list[int]] = {}
+    for i, source in enumerate(sources):
+        groups.setdefault(patient_id(source.path.name), []).append(i)
+    return groups
+
+
 def closer_by_patient(closer: np.ndarray, sources: list[Source]) -> dict[str, float]:
     """The share of each pair patient's slices closer to the truth than the source (``closer``:
     one flag per slice): with a few patients per direction, "closer" is set patient by patient
     (docs/RESULTS.md, "The truth by rank")."""
-    by_patient: dict[str, list[bool]] = {}
-    for source, flag in zip(sources, closer, strict=True):
-        by_patient.setdefault(patient_id(source.path.name), []).append(bool(flag))
-    return {pid: round(float(np.mean(flags)), 3) for pid, flags in sorted(by_patient.items())}
+    closer = np.asarray(closer, dtype=bool)
+    return {pid: round(float(closer[idx].mean()), 3)
+            for pid, idx in sorted(patient_slices(sources).items())}
 
 
 def patient_interval(values, sources: list[Source], resamples: int = RESAMPLES,
@@ -142,9 +154,7 @@ def patient_interval(values, sources: list[Source], resamples: int = RESAMPLES,
     the independent units: a patient's slices share one anatomy and severity, and whether an
     edit comes closer than the source is decided patient by patient ("The truth by rank")."""
     values = np.asarray(values, dtype=np.float64)
-    groups: dict[str, list[int]] = {}
-    for i, source in enumerate(sources):
-        groups.setdefault(patient_id(source.path.name), []).append(i)
+    groups = patient_slices(sources)
     known = ~np.isnan(values)  # a slice without brain has no error to the truth
     sums = np.array([values[idx][known[idx]].sum() for idx in groups.values()])
     counts = np.array([known[idx].sum() for idx in groups.values()])
@@ -153,12 +163,20 @@ def patient_interval(values, sources: list[Source], resamples: int = RESAMPLES,
     return [round(float(q), 4) for q in np.percentile(means, [2.5, 97.5])]
 
 
-def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, judge,
-          brain: np.ndarray, source_mae: np.ndarray) -> dict:
-    """Every number of one candidate in one direction (see the module docstring); ``brain``
-    (:func:`pair_brain`) and ``source_mae`` (the sources' :func:`mae_to_truth`) are the
-    direction's, the same for every candidate."""
-    mae = mae_to_truth(result, truths, brain)
+def slice_scores(result: np.ndarray, truths: np.ndarray, targets, judge,
+                 brain: np.ndarray) -> dict[str, np.ndarray]:
+    """Per slice of one candidate: whether the judge calls it the target ("flipped") and its
+    MAE to the truth ("mae"): what its rates and the edit's intervals over patients are of."""
+    return {"flipped": judge_target_probability(judge, result.astype(np.uint8), targets) > 0.5,
+            "mae": mae_to_truth(result, truths, brain)}
+
+
+def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, brain: np.ndarray,
+          source_mae: np.ndarray, slices: dict[str, np.ndarray]) -> dict:
+    """Every number of one candidate in one direction (see the module docstring), ``slices``
+    its :func:`slice_scores`; ``brain`` (:func:`pair_brain`) and ``source_mae`` (the sources'
+    :func:`mae_to_truth`) are the direction's, the same for every candidate."""
+    mae = slices["mae"]
     result, src, truth = (x.astype(np.float64) for x in (result, sources, truths))
     changed = (np.abs(truth - src) > CHANGED_LEVEL) & brain
     ssim_truth = ssim_maps(torch.from_numpy(result.astype(np.uint8))[:, None],
@@ -167,8 +185,7 @@ def score(result: np.ndarray, sources: np.ndarray, truths: np.ndarray, targets, 
                             torch.from_numpy(sources)[:, None]).numpy()
     kept = brain & ~changed
     return {
-        "flip_rate": float((judge_target_probability(judge, result.astype(np.uint8), targets)
-                            > 0.5).mean()),
+        "flip_rate": float(slices["flipped"].mean()),
         "ssim_to_truth": float(ssim_truth.mean()),
         "mae_to_truth": float(np.nanmean(mae)),
         "closer_than_source": float((mae < source_mae).mean()),
@@ -244,17 +261,16 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
         }
         brain = pair_brain(src, truths)
         source_mae = mae_to_truth(src, truths, brain)
-        rows = {name: score(result, src, truths, targets, judge, brain, source_mae)
+        own = [s.label for s in sources]
+        candidates[NULL_ROW] = run_edits(editor, sources, own, method=method, **kwargs)
+        slices = {name: slice_scores(result, truths, own if name == NULL_ROW else targets, judge,
+                                     brain) for name, result in candidates.items()}
+        rows = {name: score(result, src, truths, brain, source_mae, slices[name])
                 for name, result in candidates.items()}
-        null = run_edits(editor, sources, [s.label for s in sources], method=method, **kwargs)
-        rows["null edit (target = source label)"] = score(
-            null, src, truths, [s.label for s in sources], judge, brain, source_mae)
-        edit = candidates[f"edit ({method})"]
-        edit_mae = mae_to_truth(edit, truths, brain)
-        closer = edit_mae < source_mae
-        per_slice = {"flip_rate": judge_target_probability(judge, edit, targets) > 0.5,
-                     "closer_than_source": closer,
-                     "mae_below_source": source_mae - edit_mae}  # paired: the tighter interval
+        edit, edit_slices = candidates[f"edit ({method})"], slices[f"edit ({method})"]
+        closer = edit_slices["mae"] < source_mae
+        per_slice = {"flip_rate": edit_slices["flipped"], "closer_than_source": closer,
+                     "mae_below_source": source_mae - edit_slices["mae"]}  # paired: tighter
         record["directions"][direction] = {
             "slices": len(sources), "rows": rows,
             "edit_closer_by_patient": closer_by_patient(closer, sources),
@@ -279,10 +295,7 @@ def _panel_row(source, edit, truth) -> np.ndarray:
 
 def truth_table(record: dict) -> str:
     """truth.json as markdown: one table per direction."""
-    names = {"flip_rate": "flip rate", "ssim_to_truth": "SSIM to truth",
-             "mae_to_truth": "MAE to truth", "closer_than_source": "closer than source",
-             "localisation_auc": "localisation AUC", "identity_ssim": "identity SSIM",
-             "mean_abs_change_in_brain": "mean change in brain"}
+    names = ROW_NAMES
     settings = {k: record[k] for k in ("guidance_scale", "num_inference_steps")}
     draws = record.get("num_draws", DEFAULT_DRAWS)
     edit = describe_edit(record["method"], record["strength"], settings, draws)
