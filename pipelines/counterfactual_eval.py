@@ -15,6 +15,14 @@ beat:
   above CHANGED_LEVEL grey levels, inside the brain), pooled over the direction's slices;
 - identity: SSIM to the source over the brain outside the truly changed pixels;
 - the null edit (target = the source's own label): its mean absolute change in the brain.
+
+One more reference row reads the flip rate: the truth drawn at the edit's size (per slice, the
+source plus the edit's least-squares size along the true change times that change). An edit that
+knows only part of where atrophy acts comes closest to the truth when drawn fainter than it (an
+estimate correlated rho with the truth is closest at about rho^2 of its size along it), and a
+faint truth is called the target less often than the truth: if the edit flips about as often as
+this row, it flips as its size allows, and what is missing is the knowledge of where, not gain
+(docs/RESULTS.md, "Why the edit is faint").
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from .runs import prepare_output_dir
 
 CHANGED_LEVEL = 20  # grey levels: |truth - source| above this is a truly changed pixel
 NULL_ROW = "null edit (target = source label)"
+SCALED_TRUTH_ROW = "truth at the edit's size"
 RESAMPLES = 2000  # patient resamples behind each 95 % interval
 ROW_NAMES = {"flip_rate": "flip rate", "ssim_to_truth": "SSIM to truth",
              "mae_to_truth": "MAE to truth", "closer_than_source": "closer than source",
@@ -128,6 +137,20 @@ def mae_to_truth(images: np.ndarray, truths: np.ndarray, brain: np.ndarray) -> n
     images, truths = images.astype(np.float64), truths.astype(np.float64)
     return np.array([masked_mean(np.abs(a - t), b) for a, t, b in zip(images, truths, brain,
                                                                      strict=True)])
+
+
+def truth_at_size(sources: np.ndarray, truths: np.ndarray, edits: np.ndarray,
+                  brain: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8: each source plus its true change times the edit's least-squares size
+    along it inside ``brain`` (0 where the edit does not point along the truth at all)."""
+    out = []
+    for src, truth, edit, mask in zip(sources.astype(np.float64), truths.astype(np.float64),
+                                      edits.astype(np.float64), brain, strict=True):
+        true_change, change = (truth - src)[mask], (edit - src)[mask]
+        power = float(true_change @ true_change)
+        size = max(0.0, float(change @ true_change) / power) if power > 0 else 0.0
+        out.append(np.clip(np.rint(src + size * (truth - src)), 0, 255).astype(np.uint8))
+    return np.stack(out)
 
 
 def patient_slices(sources: list[Source]) -> dict[str, list[int]]:
@@ -260,6 +283,8 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
             "truth": truths,
         }
         brain = pair_brain(src, truths)
+        candidates[SCALED_TRUTH_ROW] = truth_at_size(src, truths,
+                                                     candidates[f"edit ({method})"], brain)
         source_mae = mae_to_truth(src, truths, brain)
         own = [s.label for s in sources]
         candidates[NULL_ROW] = run_edits(editor, sources, own, method=method, **kwargs)

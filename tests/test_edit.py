@@ -75,8 +75,11 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
         rows = block["rows"]
         assert {"edit (posterior)", "baseline: inversion", "baseline: sdedit",
                 "baseline: + mean AD-NC image", "source", "VAE reconstruction", "truth",
-                "null edit (target = source label)"} == set(rows)
+                "truth at the edit's size", "null edit (target = source label)"} == set(rows)
         assert rows["truth"]["mae_to_truth"] == 0 and rows["source"]["identity_ssim"] == 1
+        faint = rows["truth at the edit's size"]  # between the source and the truth
+        assert rows["truth"]["mae_to_truth"] <= faint["mae_to_truth"] <= \
+            rows["source"]["mae_to_truth"]
         assert rows["null edit (target = source label)"]["mean_abs_change_in_brain"] == 0
         by_patient = block["edit_closer_by_patient"]  # one pair patient per class here
         assert len(by_patient) == 1 and list(by_patient.values()) == pytest.approx(
@@ -109,6 +112,7 @@ def test_evaluate_scores_edits_and_baselines_against_the_paired_truth(tiny_model
     assert len(rows) == 2 + 2 * 5
     assert all(r.endswith(("| met |", "| MISSED |", "| n/a |")) for r in rows[2:])
     assert "; the truth itself: " in rows[2]  # the judge's own ceiling beside the flip rate
+    assert "; the truth at the edit's size: " in rows[2]
     assert "95 % over patients" in rows[2] and "95 % over patients" in rows[4]
     assert "95 % intervals over another draw of these 1 patients" in \
         (out / "truth.md").read_text()
@@ -156,6 +160,32 @@ def test_edit_slice_position_on_a_label_only_model_exits_2(tiny_model, tiny_data
     code, err = run_main("edit.py", "--model", tiny_model, "--data", tiny_data, "--image", nc,
                          "--slice_position", "0.3", "--out", tmp_path / "e", capsys=capsys)
     assert code == 2 and "label-only" in err
+
+
+def test_the_truth_at_the_edit_s_size_scales_the_true_change():
+    """The reference row for the flip rate: the true change times the edit's least-squares size
+    along it, per slice, inside the brain; the truth for an exact edit, the source for none or
+    one that points away from the truth."""
+    from pipelines.counterfactual_eval import truth_at_size
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(60, 140, (3, 12, 10)).astype(np.uint8)
+    truth = src.copy()
+    truth[:, 4:8, 3:7] += 40
+    brain = np.ones(src.shape, bool)
+    half = (src + (truth.astype(float) - src) * 0.5).astype(np.uint8)
+    away = (src.astype(float) - (truth.astype(float) - src)).astype(np.uint8)
+    edits = np.stack([truth[0], half[1], away[2]])
+    out = truth_at_size(src, truth, edits, brain)
+    assert np.array_equal(out[0], truth[0]) and np.array_equal(out[2], src[2])
+    assert np.abs(out[1].astype(float) - half[1]).max() <= 1
+    noise = src.astype(float) + rng.normal(0, 10, src.shape)  # uncorrelated: about no size
+    scaled = truth_at_size(src, truth, np.clip(noise, 0, 255).astype(np.uint8), brain)
+    true_size = np.abs(truth.astype(float) - src).mean()
+    assert np.abs(scaled.astype(float) - src).mean() < 0.2 * true_size
+    outside = brain.copy()
+    outside[:, 4:8, 3:7] = False  # no true change inside the brain: nothing to scale
+    assert np.array_equal(truth_at_size(src, truth, edits, outside), src)
 
 
 def test_baselines_are_the_other_methods_at_comparable_settings():

@@ -22,6 +22,7 @@ from PIL import Image
 
 from pipelines.cli import script_parser
 from pipelines.config import load_config
+from pipelines.counterfactual_eval import SCALED_TRUTH_ROW
 from pipelines.errors import cli_entry
 from pipelines.evaluation import LEVEL_ERROR_TARGET
 from pipelines.files import write_json
@@ -215,11 +216,15 @@ def counterfactual_targets(truth: dict) -> list[str]:
         edit = found[f"edit ({truth['method']})"]
         others = [row["mae_to_truth"] for name, row in found.items()
                   if name.startswith("baseline")]
-        ceiling = found.get("truth", {}).get("flip_rate")  # the judge on the truth itself
+        # the judge on the truth itself, and on the truth drawn at the edit's size
+        ceiling, faint = (found.get(name, {}).get("flip_rate")
+                          for name in ("truth", SCALED_TRUTH_ROW))
         spread = block.get("edit_intervals", {})
         rows += [at_least(f"{direction} flip rate", edit["flip_rate"], 0.8,
-                          _beside(spread, "flip_rate", "" if ceiling is None else
-                                  f"the truth itself: {ceiling:.3f}")),
+                          _beside(spread, "flip_rate",
+                                  "" if ceiling is None else f"the truth itself: {ceiling:.3f}",
+                                  "" if faint is None else
+                                  f"the truth at the edit's size: {faint:.3f}")),
                  at_least(f"{direction} localisation AUC", edit["localisation_auc"], 0.75),
                  at_least(f"{direction} closer to the truth than the source",
                           edit["closer_than_source"], 0.7, _beside(spread, "closer_than_source")),
