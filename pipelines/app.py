@@ -34,6 +34,7 @@ from .counterfactual import (
     describe_edit,
     edit_to_folder,
 )
+from .counterfactual_eval import SCALED_TRUTH_ROW
 from .data import load_split, read_slice_file, scan
 from .embedding import run_embedding
 from .errors import UserError, write_trace
@@ -389,7 +390,10 @@ def truth_summary(session: AppSession) -> str:
     for direction, block in record["directions"].items():
         edit = block["rows"][f"edit ({record['method']})"]
         auc = edit["localisation_auc"]  # null where no pixel truly changed
-        parts.append(f"{direction} flip rate {edit['flip_rate']:.2f}, closer to the truth than "
+        faint = block["rows"].get(SCALED_TRUTH_ROW, {}).get("flip_rate")  # older records: none
+        parts.append(f"{direction} flip rate {edit['flip_rate']:.2f}"
+                     + ("" if faint is None else f" (the truth at the edit's size {faint:.2f})")
+                     + ", closer to the truth than "
                      f"the source in {edit['closer_than_source']:.0%}, localisation AUC "
                      + ("n/a" if auc is None else f"{auc:.2f}"))
     return (f"Against the truth (`{folder}`, {record['method']}, strength "

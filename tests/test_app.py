@@ -283,6 +283,11 @@ def test_the_edit_notes_say_how_the_model_scored_against_the_truth(tiny_model, t
     text = truth_summary(AppSession(model))
     assert "NC->AD flip rate 0.75, closer to the truth than the source in 50%" in text
     assert "localisation AUC n/a" in text and "strength 0.4" in text
+    assert "the truth at the edit's size" not in text  # a record written before that row
+    record["directions"]["NC->AD"]["rows"]["truth at the edit's size"] = {"flip_rate": 0.7}
+    (model / "edit_truth" / "truth.json").write_text(json.dumps(record))
+    assert "NC->AD flip rate 0.75 (the truth at the edit's size 0.70), closer" in \
+        truth_summary(AppSession(model))
 
 
 def test_a_session_leaves_no_work_folder_behind(tiny_model):
