@@ -270,8 +270,12 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
         targets = [CLASS_NAMES.index(direction.split("->")[1])] * len(sources)
         src = np.stack([s.pixels for s in sources])
         sign = 1.0 if direction.endswith("AD") else -1.0
+        own = [s.label for s in sources]
+        brain = pair_brain(src, truths)
+        edit_row = f"edit ({method})"
+        edit = run_edits(editor, sources, targets, method=method, **kwargs)
         candidates = {
-            f"edit ({method})": run_edits(editor, sources, targets, method=method, **kwargs),
+            edit_row: edit,
             **{f"baseline: {m}": run_edits(
                 editor, sources, targets, method=m, strength=st, guidance_scale=g, **common,
                 change_from="null_edit" if m == "posterior" else change_from)
@@ -281,18 +285,15 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
             "source": src,
             "VAE reconstruction": reconstructions(editor, sources, batch_size),
             "truth": truths,
+            SCALED_TRUTH_ROW: truth_at_size(src, truths, edit, brain),
+            NULL_ROW: run_edits(editor, sources, own, method=method, **kwargs),
         }
-        brain = pair_brain(src, truths)
-        candidates[SCALED_TRUTH_ROW] = truth_at_size(src, truths,
-                                                     candidates[f"edit ({method})"], brain)
         source_mae = mae_to_truth(src, truths, brain)
-        own = [s.label for s in sources]
-        candidates[NULL_ROW] = run_edits(editor, sources, own, method=method, **kwargs)
         slices = {name: slice_scores(result, truths, own if name == NULL_ROW else targets, judge,
                                      brain) for name, result in candidates.items()}
         rows = {name: score(result, src, truths, brain, source_mae, slices[name])
                 for name, result in candidates.items()}
-        edit, edit_slices = candidates[f"edit ({method})"], slices[f"edit ({method})"]
+        edit_slices = slices[edit_row]
         closer = edit_slices["mae"] < source_mae
         per_slice = {"flip_rate": edit_slices["flipped"], "closer_than_source": closer,
                      "mae_below_source": source_mae - edit_slices["mae"]}  # paired: tighter
@@ -320,7 +321,6 @@ def _panel_row(source, edit, truth) -> np.ndarray:
 
 def truth_table(record: dict) -> str:
     """truth.json as markdown: one table per direction."""
-    names = ROW_NAMES
     settings = {k: record[k] for k in ("guidance_scale", "num_inference_steps")}
     draws = record.get("num_draws", DEFAULT_DRAWS)
     edit = describe_edit(record["method"], record["strength"], settings, draws)
@@ -334,10 +334,10 @@ def truth_table(record: dict) -> str:
              f"{record.get('truth_rule', 'typical')} rule.", ""]
     for direction, block in record["directions"].items():
         lines += [f"**{direction}** ({block['slices']} slices)", "",
-                  "| | " + " | ".join(names.values()) + " |",
-                  "|---" * (len(names) + 1) + "|"]
+                  "| | " + " | ".join(ROW_NAMES.values()) + " |",
+                  "|---" * (len(ROW_NAMES) + 1) + "|"]
         for name, row in block["rows"].items():
-            cells = [f"{row[k]:.3f}" if row[k] == row[k] else "n/a" for k in names]
+            cells = [f"{row[k]:.3f}" if row[k] == row[k] else "n/a" for k in ROW_NAMES]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         intervals = block.get("edit_intervals")
         if intervals:
