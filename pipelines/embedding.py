@@ -31,7 +31,13 @@ from .errors import UserError
 from .files import write_json
 from .judge import judge_for
 from .ldm.latents import encode_posterior
-from .metrics import knn_label_accuracy, knn_label_agreement, silhouette
+from .metrics import (
+    knn_label_accuracy,
+    knn_label_agreement,
+    knn_label_share,
+    nearest_in_own_group,
+    silhouette,
+)
 from .runs import check_writable_dir
 from .sampling import generate, load_pipeline, sampling_settings, saved_config
 
@@ -53,6 +59,7 @@ MAP_TOLERANCE = 0.05  # 2-D vs feature-space k-NN accuracy within this = "keeps"
 AGREEMENT_AMONG, AGREEMENT_LEAN = 0.8, 0.3  # share of the real slices' own gain over chance
 AGREEMENT_MARGIN = 0.05  # this far above (below) chance = a slight lean to own (other) class
 MIN_REAL_GAIN = 0.05  # real slices' own agreement must beat chance by this to judge generated
+BY_PATIENT = 0.5  # a real slice's nearest is its own patient's this often = organised by patient
 
 
 def fmt(value: float) -> str:
@@ -165,17 +172,6 @@ def embed_2d(feats: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------- the numbers
 
 
-def real_agreement(feats, labels, k: int) -> float:
-    """Mean share of each real point's k nearest OTHER real points that share its label.
-
-    The real-slice baseline for :func:`pipelines.metrics.knn_label_agreement`: asked for k + 1
-    neighbours of the set itself, each point finds itself first (distance 0, own label), so the
-    share among the k others is ``((k + 1) * a - 1) / k``.
-    """
-    a = knn_label_agreement(feats, labels, feats, labels, k + 1)
-    return float(np.clip(((k + 1) * a - 1) / k, 0.0, 1.0))
-
-
 def generated_agreement(gen_feats, gen_labels, real_feats, real_labels, k: int) -> dict:
     """Per label and overall: mean share of a generated point's k nearest real with its label."""
     out = {}
@@ -192,8 +188,9 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
               gen_xy=None, real_groups=None) -> dict:
     """Every number of the report, from features and 2-D coordinates (pure: no models).
 
-    ``real_groups`` (patient ids): k-NN accuracy then leaves each slice's whole patient out, so
-    a slice is not classified by its own neighbouring slices.
+    ``real_groups`` (patient ids): the real slices' k-NN accuracy and label agreement then leave
+    each slice's whole patient out, so a slice is not judged by its own neighbouring slices, and
+    the summary says how often a slice's nearest is its own patient's.
     """
     real_labels = np.asarray(real_labels)
     k = neighbours_for(len(real_labels))
@@ -210,10 +207,15 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
                          for s, f in spaces.items()},
         "knn_leaves_patient_out": real_groups is not None,
     }
+    if real_groups is not None:
+        nearest = {s: nearest_in_own_group(f, real_groups) for s, f in spaces.items()}
+        out["own_patient_nearest"] = {s: share for s, (share, _) in nearest.items()}
+        out["own_patient_chance"] = nearest["feature"][1]
     if gen_feats is not None and len(gen_feats):
         gen_labels = np.asarray(gen_labels)
         gen = {"feature": gen_feats, "map": gen_xy}
-        out["real_agreement"] = {s: real_agreement(f, real_labels, k) for s, f in spaces.items()}
+        out["real_agreement"] = {s: knn_label_share(f, real_labels, k, groups=real_groups)
+                                 for s, f in spaces.items()}
         out["generated_agreement"] = {
             s: generated_agreement(gen[s], gen_labels, spaces[s], real_labels, k) for s in spaces}
         chance = {CLASS_NAMES[i]: share[CLASS_NAMES[i]] for i in sorted(set(gen_labels.tolist()))}
@@ -227,6 +229,20 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
 
 def _word(value: float, levels) -> str:
     return next(word for threshold, word in levels if value >= threshold)
+
+
+def _patients(summary: dict, space: str) -> str:
+    """What the space is organised by first: patients, or not (slices carry their patient)."""
+    share, chance = summary["own_patient_nearest"]["feature"], summary["own_patient_chance"]
+    numbers = (f"in {fmt(share)} of slices ({fmt(summary['own_patient_nearest']['map'])} in the "
+               f"2-D map; chance {fmt(chance)})")
+    if share >= BY_PATIENT:
+        return (f"In the {space} space, a real slice's nearest other slice is one of its own "
+                f"patient's {numbers}: the space is organised by patient (anatomy, contrast, slice "
+                "level) before diagnosis, so the label measures of real slices below leave each "
+                "slice's own patient out.")
+    return (f"In the {space} space, a real slice's nearest other slice is one of its own "
+            f"patient's only {numbers}: slices group by more than their patient.")
 
 
 def _separation(summary: dict, space: str) -> str:
@@ -265,11 +281,14 @@ def _agreement(summary: dict, where: str, who: str) -> str:
     place = "feature space" if where == "feature" else "2-D map"
     subject = "generated slices" if who == "overall" else f"generated {who} slices"
     own = "real slices of their class" if who == "overall" else f"real {who} slices"
-    numbers = (f"{fmt(agree)} of their {summary['k']} nearest real neighbours share their label; "
-               f"real slices {fmt(real)}, chance {fmt(chance)}")
+    left_out = ", own patient left out" if summary.get("knn_leaves_patient_out") else ""
+    theirs = f"{fmt(agree)} of their {summary['k']} nearest real neighbours share their label"
+    numbers = f"{theirs}; real slices {fmt(real)}{left_out}, chance {fmt(chance)}"
     if real - chance < MIN_REAL_GAIN:
-        return (f"In the {place}, real slices barely group by label ({numbers}), so where "
-                f"{subject} fall says little about their label.")
+        reals = (f"{fmt(real)} of a real slice's {summary['k']} nearest others share its label"
+                 f"{left_out}; chance {fmt(chance)}")
+        return (f"In the {place}, real slices barely group by label ({reals}), so where "
+                f"{subject} fall ({theirs}) says little about their label.")
     gain = (agree - chance) / (real - chance)
     if gain >= AGREEMENT_AMONG:
         verdict = f"fall among {own}"
@@ -287,8 +306,9 @@ def _agreement(summary: dict, where: str, who: str) -> str:
 def interpret(summary: dict, space: str, method: str) -> list[str]:
     """The report's sentences, each computed from ``summary`` by the rules above."""
     method_name = METHODS.get(method, method)
-    sentences = [_separation(summary, space), _clusters(summary),
-                 _map_fidelity(summary, method_name)]
+    sentences = [_patients(summary, space)] if "own_patient_nearest" in summary else []
+    sentences += [_separation(summary, space), _clusters(summary),
+                  _map_fidelity(summary, method_name)]
     if "generated_agreement" in summary:
         labels = [n for n in CLASS_NAMES if n in summary["generated_agreement"]["feature"]]
         sentences += [_agreement(summary, "feature", name) for name in labels]
@@ -337,8 +357,12 @@ def write_csv(path: Path, xy: np.ndarray, labels: np.ndarray, generated: np.ndar
 
 
 def markdown_table(record: dict) -> list[str]:
-    rows = [("k-NN label accuracy of real slices", record["knn_accuracy"]),
+    left_out = " (own patient left out)" if record.get("knn_leaves_patient_out") else ""
+    rows = [("k-NN label accuracy of real slices" + left_out, record["knn_accuracy"]),
             ("silhouette by label, real slices", record["silhouette"])]
+    if "own_patient_nearest" in record:
+        rows.insert(0, ("real slices: nearest other slice is their own patient's (chance "
+                        f"{fmt(record['own_patient_chance'])})", record["own_patient_nearest"]))
     if "generated_agreement" in record:
         agree = record["generated_agreement"]
         for who in agree["feature"]:
@@ -346,7 +370,7 @@ def markdown_table(record: dict) -> list[str]:
             rows.append((f"{name}: share of nearest real with its label (chance "
                          f"{fmt(record['agreement_chance'][who])})",
                          {s: agree[s][who] for s in ("feature", "map")}))
-        rows.append(("real slices: share of nearest other real with their label",
+        rows.append(("real slices: share of nearest other real with their label" + left_out,
                      record["real_agreement"]))
     lines = [f"| measure (k = {record['k']}) | {record['space']} features | 2-D map |",
              "|---|---:|---:|"]

@@ -155,6 +155,31 @@ def knn_label_accuracy(feats, labels, k: int = 10, groups=None) -> float:
     return float((votes.argmax(dim=1) == labels).double().mean())
 
 
+def knn_label_share(feats, labels, k: int = 10, groups=None) -> float:
+    """Mean share of each sample's ``k`` nearest others that carry its label.
+
+    The real slices' own reference for :func:`knn_label_agreement`. ``groups`` (patient ids)
+    leaves the sample's whole patient out: its neighbouring slices share its label trivially,
+    and a generated slice has no patient among the real ones.
+    """
+    labels = _labels(labels)
+    neighbour_labels = labels[_knn(feats, None, k, groups=groups)[1]]  # (N, k)
+    return float((neighbour_labels == labels[:, None]).double().mean())
+
+
+def nearest_in_own_group(feats, groups) -> tuple[float, float]:
+    """(share, chance): how often a sample's nearest other sample is of its own group.
+
+    With patient ids as groups, near 1 means the space is organised by patient (anatomy,
+    contrast, slice level) before anything else; chance is the share of a sample's others that
+    are of its group, averaged over samples.
+    """
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1]
+    nearest = _knn(feats, None, 1)[1][:, 0].numpy()
+    sizes = np.bincount(codes)[codes]
+    return float(np.mean(codes[nearest] == codes)), float(np.mean((sizes - 1) / (len(codes) - 1)))
+
+
 def knn_label_agreement(query_feats, query_labels, ref_feats, ref_labels, k: int = 10) -> float:
     """Mean share of each query's ``k`` nearest references that carry the query's label.
 

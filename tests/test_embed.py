@@ -32,6 +32,8 @@ def read_csv(path):
 def table_numbers(record):
     """Every number the table reports, as the report formats it."""
     values = [record["chance"], *record["knn_accuracy"].values(), *record["silhouette"].values()]
+    if "own_patient_nearest" in record:
+        values += [*record["own_patient_nearest"].values(), record["own_patient_chance"]]
     if "generated_agreement" in record:
         values += [v for d in record["generated_agreement"].values() for v in d.values()]
         values += [*record["real_agreement"].values(), *record["agreement_chance"].values()]
@@ -168,6 +170,42 @@ def test_rules_flag_swapped_labels_and_an_unfaithful_map():
     sentences = emb.interpret(summary, "latent", "umap")
     assert "loses label structure" in sentences[2]
     assert "generated NC slices sit closer to real slices of the other class" in sentences[3]
+    check_sentences_use_summary(sentences, summary)
+
+
+def patients_of(n_patients=12, slices=10, seed=0):
+    """Features of patients whose slices sit close together, labels by patient, no label signal."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5.0, (n_patients, 16))
+    feats = np.repeat(centres, slices, axis=0) + rng.normal(0, 0.1, (n_patients * slices, 16))
+    patients = np.repeat(np.arange(n_patients), slices)
+    return feats, patients % 2, patients
+
+
+def test_rules_see_a_space_organised_by_patient():
+    real, labels, patients = patients_of()
+    gen, gen_labels = real[::10] + 0.5, labels[::10]  # each near a real patient of its label
+    summary = emb.summarise(real, labels, real[:, :2], gen, gen_labels, gen[:, :2], patients)
+    assert summary["own_patient_nearest"]["feature"] == 1.0
+    assert summary["own_patient_chance"] == pytest.approx(9 / 119)
+    # with each patient's own slices counted, real slices would agree with themselves by
+    # their patient alone; left out, the labels (drawn by patient) carry nothing
+    assert summary["real_agreement"]["feature"] < 0.7
+    sentences = emb.interpret(summary, "latent", "umap")
+    assert "organised by patient" in sentences[0]
+    assert "each slice judged with its own patient left out" in sentences[1]
+    assert all("fall among" not in s for s in sentences)  # no credit for sitting by a patient
+    check_sentences_use_summary(sentences, summary)
+
+
+def test_rules_see_a_space_not_organised_by_patient():
+    real, labels = blobs(seed=0)
+    patients = np.random.default_rng(1).integers(0, 12, len(real))  # patients scattered
+    summary = emb.summarise(real, labels, real[:, :2], real[:4], labels[:4], real[:4, :2],
+                            patients)
+    sentences = emb.interpret(summary, "latent", "umap")
+    assert "group by more than their patient" in sentences[0]
+    assert "separate clearly" in sentences[1]
     check_sentences_use_summary(sentences, summary)
 
 

@@ -82,6 +82,20 @@ def test_knn_excludes_the_point_itself_and_optionally_its_group():
         metrics.knn_label_accuracy(feats, [0, 0, 1, 1], k=3, groups=["a", "a", "b", "b"])
 
 
+def test_label_share_and_own_group_nearest_see_through_patients():
+    feats = np.array([[0.0], [0.1], [10.0], [10.1], [20.0], [20.1]])
+    labels, patients = [0, 0, 1, 1, 0, 1], ["a", "a", "b", "b", "c", "c"]
+    # each slice's nearest other is its twin: the label share by twins, then with twins left out
+    assert metrics.knn_label_share(feats, labels, k=1) == pytest.approx(4 / 6)
+    # twins left out: a's slices find b (other label), b's 10.0 finds a's 0.1 and 10.1 finds c's
+    # 20.0 (both other labels), c's slices find b's 10.1 (label 1): only c's label-1 slice agrees
+    assert metrics.knn_label_share(feats, labels, k=1, groups=patients) == pytest.approx(1 / 6)
+    share, chance = metrics.nearest_in_own_group(feats, patients)
+    assert share == 1.0 and chance == pytest.approx(1 / 5)
+    shuffled = ["a", "b", "c", "a", "b", "c"]
+    assert metrics.nearest_in_own_group(feats, shuffled)[0] == 0.0
+
+
 def test_precision_with_patient_groups_ignores_near_duplicate_slices():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(60, 4))  # 60 patients, 5 near-identical slices each
