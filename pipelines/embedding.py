@@ -319,14 +319,27 @@ def interpret(summary: dict, space: str, method: str) -> list[str]:
 # ----------------------------------------------------------------------------- writing
 
 
-def plot_embedding(path: Path, xy: np.ndarray, labels: np.ndarray, generated: np.ndarray,
-                   title: str, axis_name: str) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 6))
+    return plt
+
+
+def _save_map(fig, ax, path: Path, title: str, axis_name: str) -> None:
+    ax.set_xlabel(f"{axis_name}-1")
+    ax.set_ylabel(f"{axis_name}-2")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    _pyplot().close(fig)
+
+
+def plot_embedding(path: Path, xy: np.ndarray, labels: np.ndarray, generated: np.ndarray,
+                   title: str, axis_name: str) -> None:
+    fig, ax = _pyplot().subplots(figsize=(7, 6))
     for source, mask_src, style in (
         ("real", ~generated, dict(s=6, marker="o", alpha=0.55, linewidths=0)),
         ("generated", generated, dict(s=46, marker="^", alpha=0.9, edgecolors="black",
@@ -337,13 +350,24 @@ def plot_embedding(path: Path, xy: np.ndarray, labels: np.ndarray, generated: np
             if mask.any():
                 ax.scatter(xy[mask, 0], xy[mask, 1], c=COLOURS[name],
                            label=f"{name} {source} ({int(mask.sum())})", **style)
-    ax.set_xlabel(f"{axis_name}-1")
-    ax.set_ylabel(f"{axis_name}-2")
-    ax.set_title(title, fontsize=10)
     ax.legend(loc="best", fontsize=8, markerscale=1.5, framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    _save_map(fig, ax, path, title, axis_name)
+
+
+def plot_levels(path: Path, xy: np.ndarray, levels: np.ndarray, generated: np.ndarray,
+                title: str, axis_name: str) -> None:
+    """The same map with the real slices coloured by slice level instead of diagnosis: what
+    else organises it (a patient's slices in order, one level beside another)."""
+    fig, ax = _pyplot().subplots(figsize=(7.6, 6))
+    real = ~generated
+    points = ax.scatter(xy[real, 0], xy[real, 1], c=levels, cmap="viridis", vmin=0.0, vmax=1.0,
+                        s=6, linewidths=0)
+    if generated.any():
+        ax.scatter(xy[generated, 0], xy[generated, 1], s=46, marker="^", facecolors="none",
+                   edgecolors="0.4", linewidths=0.6, label=f"generated ({int(generated.sum())})")
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    fig.colorbar(points, ax=ax, label="slice level (0 = a patient's lowest slice, 1 = its highest)")
+    _save_map(fig, ax, path, title, axis_name)
 
 
 def write_csv(path: Path, xy: np.ndarray, labels: np.ndarray, generated: np.ndarray,
@@ -384,6 +408,8 @@ def write_markdown(path: Path, record: dict, sentences: list[str]) -> None:
         f"# {method_name} of {record['space']} features, {record['split']} split",
         "",
         f"![{method_name} map of real and generated slices]({record['files']['png']})",
+        "",
+        f"![the same map, real slices coloured by slice level]({record['files']['levels_png']})",
         "",
         f"Real slices: {counts['real']['total']} ("
         + ", ".join(f"{counts['real'][n]} {n}" for n in CLASS_NAMES)
@@ -462,18 +488,18 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
               "data": str(data_root), "seed": seed, "feature_dim": int(feats.shape[1]),
               "counts": {"real": _counts(real_labels), "generated": _counts(gen_labels)},
               **summary,
-              "files": {"png": "embedding.png", "csv": "embedding.csv",
-                        "json": "embedding.json", "md": "embedding.md"}}
+              "files": {"png": "embedding.png", "levels_png": "embedding_levels.png",
+                        "csv": "embedding.csv", "json": "embedding.json", "md": "embedding.md"}}
     if with_generated:
         record["sampling"] = settings
     record["seconds"] = seconds
     write_outputs(Path(out_dir), record, xy, np.concatenate([real_labels, gen_labels]),
-                  real.files + gen_files, n)
+                  real.files + gen_files, n, real.positions.numpy())
     return record
 
 
 def write_outputs(out_dir: Path, record: dict, xy: np.ndarray, labels: np.ndarray,
-                  files: list[str], n_real: int) -> None:
+                  files: list[str], n_real: int, real_levels: np.ndarray) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     generated = np.arange(len(labels)) >= n_real
     counts = record["counts"]
@@ -481,6 +507,8 @@ def write_outputs(out_dir: Path, record: dict, xy: np.ndarray, labels: np.ndarra
     title = (f"{method_name} of {record['space']} features, {record['split']} split: "
              f"{counts['real']['total']} real + {counts['generated']['total']} generated")
     plot_embedding(out_dir / record["files"]["png"], xy, labels, generated, title, method_name)
+    plot_levels(out_dir / record["files"]["levels_png"], xy, real_levels, generated,
+                title.replace(" features,", " features by slice level,", 1), method_name)
     write_csv(out_dir / record["files"]["csv"], xy, labels, generated, files)
     write_json(out_dir / record["files"]["json"], record)
     write_markdown(out_dir / record["files"]["md"], record, interpret(record, record["space"],

@@ -13,7 +13,7 @@ from pipelines.data import CLASS_NAMES
 
 from .conftest import run_script
 
-FILES = ("embedding.png", "embedding.csv", "embedding.json", "embedding.md")
+FILES = ("embedding.png", "embedding_levels.png", "embedding.csv", "embedding.json", "embedding.md")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_tsne_with_generated_writes_consistent_files(tsne_run, tiny_data):
     assert all(np.isfinite([float(r["x"]), float(r["y"])]).all() for r in rows)
 
     md = (tsne_run / "embedding.md").read_text()
-    assert "](embedding.png)" in md
+    assert "](embedding.png)" in md and "](embedding_levels.png)" in md
     for number in table_numbers(record):
         assert number in md
     for sentence in emb.interpret(record, "latent", "tsne"):
