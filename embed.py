@@ -3,10 +3,12 @@
     python embed.py                                    # the `make demo` model, its test split
     python embed.py --model runs/ldm --data AD_NC --with_generated 100 --space judge --method tsne
 
-Writes OUT/embedding.png (coloured by label; generated slices as triangles), embedding.csv
-(x, y, label, source, file), embedding.json (k-NN label accuracy vs chance, silhouette, generated
-slices' nearest-real label agreement; in the feature space and in the map) and embedding.md (the
-picture, a table and an interpretation derived from the numbers). Spaces: latent = the VAE's
+Writes OUT/embedding.png (coloured by label; generated slices as triangles), embedding_levels.png
+(the same map, real slices coloured by slice level), embedding.csv (x, y, label, source, file),
+embedding.json (how often a slice's nearest is its own patient's; k-NN label accuracy vs chance,
+silhouette, generated slices' nearest-real label agreement against the real slices' own, each
+real slice's patient left out; in the feature space and in the map) and embedding.md (the
+pictures, a table and an interpretation derived from the numbers). Spaces: latent = the VAE's
 scaled posterior means; judge = features of the AD/NC classifier trained on the train split
 (cached in MODEL/judge). --with_generated samples with the model's saved sampler, steps and
 guidance unless --scheduler, --num_inference_steps or --guidance_scale say otherwise.
@@ -41,7 +43,7 @@ def main(argv=None):
     print(f"{record['method']} of {record['space']} features: {counts['real']['total']} real + "
           f"{counts['generated']['total']} generated; k-NN accuracy "
           f"{record['knn_accuracy']['feature']:.3f} (chance {record['chance']:.3f}); "
-          f"wrote {out}/embedding.{{png,csv,json,md}}")
+          f"wrote {out}/embedding.{{png,csv,json,md}}, embedding_levels.png")
 
 
 if __name__ == "__main__":
