@@ -207,7 +207,7 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
                          for s, f in spaces.items()},
         "knn_leaves_patient_out": real_groups is not None,
     }
-    if real_groups is not None:
+    if real_groups is not None and max(Counter(real_groups).values()) > 1:  # else no patients
         nearest = {s: nearest_in_own_group(f, real_groups) for s, f in spaces.items()}
         out["own_patient_nearest"] = {s: share for s, (share, _) in nearest.items()}
         out["own_patient_chance"] = nearest["feature"][1]

@@ -198,6 +198,13 @@ def test_rules_see_a_space_organised_by_patient():
     check_sentences_use_summary(sentences, summary)
 
 
+def test_rules_say_nothing_of_patients_when_each_slice_is_its_own():
+    real, labels = blobs(seed=0)
+    summary = emb.summarise(real, labels, real[:, :2], real_groups=np.arange(len(real)))
+    assert "own_patient_nearest" not in summary
+    assert "separate clearly" in emb.interpret(summary, "latent", "umap")[0]
+
+
 def test_rules_see_a_space_not_organised_by_patient():
     real, labels = blobs(seed=0)
     patients = np.random.default_rng(1).integers(0, 12, len(real))  # patients scattered
