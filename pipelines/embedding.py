@@ -57,9 +57,11 @@ CLUSTER_WORDS = ((0.25, "form distinct clusters"), (0.05, "form overlapping clus
                  (-np.inf, "do not form separate clusters"))  # on silhouette
 MAP_TOLERANCE = 0.05  # 2-D vs feature-space k-NN accuracy within this = "keeps"
 AGREEMENT_AMONG, AGREEMENT_LEAN = 0.8, 0.3  # share of the real slices' own gain over chance
+AGREEMENT_BEYOND = 1.25  # this many times the real slices' gain = more typical than real slices
 AGREEMENT_MARGIN = 0.05  # this far above (below) chance = a slight lean to own (other) class
 MIN_REAL_GAIN = 0.05  # real slices' own agreement must beat chance by this to judge generated
 BY_PATIENT = 0.5  # a real slice's nearest is its own patient's this often = organised by patient
+READING_HEADING = "## What the numbers say"  # embedding.md's interpretation starts here
 
 
 def fmt(value: float) -> str:
@@ -290,7 +292,10 @@ def _agreement(summary: dict, where: str, who: str) -> str:
         return (f"In the {place}, real slices barely group by label ({reals}), so where "
                 f"{subject} fall ({theirs}) says little about their label.")
     gain = (agree - chance) / (real - chance)
-    if gain >= AGREEMENT_AMONG:
+    if gain >= AGREEMENT_BEYOND:
+        verdict = (f"fall among {own}, more consistently than real slices do: they are more "
+                   "typical of their label than the real slices are")
+    elif gain >= AGREEMENT_AMONG:
         verdict = f"fall among {own}"
     elif gain >= AGREEMENT_LEAN:
         verdict = f"lean towards {own}, less than real slices do"
@@ -420,7 +425,7 @@ def write_markdown(path: Path, record: dict, sentences: list[str]) -> None:
         "",
         *markdown_table(record),
         "",
-        "## What the numbers say",
+        READING_HEADING,
         "",
         *[f"- {s}" for s in sentences],
         "",

@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -72,6 +73,18 @@ def test_tsne_with_generated_writes_consistent_files(tsne_run, tiny_data):
         assert number in md
     for sentence in emb.interpret(record, "latent", "tsne"):
         assert sentence in md
+
+
+def test_the_demo_report_shows_each_map_with_its_reading(tsne_run, tiny_data, tmp_path):
+    from tools.demo import write_report
+
+    shutil.copytree(tsne_run, tmp_path / "demo" / "embedding_judge")  # a judge map alone
+    report = write_report(tiny_data, tmp_path / "demo").read_text()
+    assert "](embedding_judge/embedding.png)" in report
+    assert "](embedding/embedding.png)" not in report  # no latent map there: none shown
+    record = json.loads((tsne_run / "embedding.json").read_text())
+    for sentence in emb.interpret(record, "latent", "tsne"):
+        assert sentence in report
 
 
 def test_umap_judge_space(tiny_model, tiny_data, tmp_path):
@@ -255,3 +268,16 @@ def test_agreement_verdict_follows_the_gain_over_chance(agree, verdict):
                "generated_agreement": {"feature": {"NC": agree}},
                "agreement_chance": {"NC": 0.5}}
     assert verdict in emb._agreement(summary, "feature", "NC")
+
+
+def test_generated_slices_more_typical_than_real_ones_are_called_so():
+    # the demo's judge space: real slices agree 0.627 with their own patient left out,
+    # generated NC 0.893 (guidance draws class-typical slices)
+    summary = {"k": 10, "real_agreement": {"feature": 0.627},
+               "generated_agreement": {"feature": {"NC": 0.893}},
+               "agreement_chance": {"NC": 0.5}}
+    assert "more typical of their label than the real slices are" in emb._agreement(
+        summary, "feature", "NC")
+    summary["generated_agreement"]["feature"]["NC"] = 0.62  # about as typical as real slices
+    sentence = emb._agreement(summary, "feature", "NC")
+    assert "fall among real NC slices" in sentence and "more typical" not in sentence

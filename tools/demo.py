@@ -23,6 +23,7 @@ from PIL import Image
 from pipelines.cli import script_parser
 from pipelines.config import load_config
 from pipelines.counterfactual_eval import SCALED_TRUTH_ROW
+from pipelines.embedding import READING_HEADING
 from pipelines.errors import cli_entry
 from pipelines.evaluation import LEVEL_ERROR_TARGET
 from pipelines.files import write_json
@@ -34,6 +35,9 @@ PAIR_PATIENTS = 10  # test patients per class rendered again at the other class'
 #   of them (the share of edits closer to the truth is set patient by patient; 3 gave 0.67 / 0.63
 #   where all 10 give 0.47 / 0.69, RESULTS)
 EDITS_PER_DIRECTION = 8  # slices the demo edits and scores per direction (of 200 pairs)
+EMBEDDINGS = (("embedding", "The VAE latents (the diffusion model's space)"),
+              ("embedding_judge", "The judge's features (a classifier trained for the label)"))
+# (folder, what is mapped): the latents are the design's map; the judge's is where the label shows
 
 
 def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
@@ -54,6 +58,10 @@ def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
                    "--out", str(out / "embedding"), "--with_generated", "100"]),
         ("evaluate", [py, "evaluate.py", "--model", str(out / "model"), "--data", str(data),
                       "--out", str(out / "eval")]),
+        # the judge is trained (and cached in MODEL/judge) by evaluate: this map reuses it
+        ("embed, judge features", [py, "embed.py", "--model", str(out / "model"), "--data",
+                                   str(data), "--space", "judge", "--out",
+                                   str(out / "embedding_judge"), "--with_generated", "100"]),
         ("counterfactuals", [py, "edit.py", "--model", str(out / "model"), "--data", str(data),
                              "--evaluate", "--num_images", str(EDITS_PER_DIRECTION), "--out",
                              str(out / "counterfactual")]),
@@ -239,7 +247,6 @@ def counterfactual_targets(truth: dict) -> list[str]:
 def write_report(data: Path, out: Path) -> Path:
     timing, vae = _load(out / "timings.json"), _load(out / "vae_run" / "metrics.json")
     unet, ev = _load(out / "model" / "metrics.json"), _load(out / "eval" / "metrics.json")
-    emb = out / "embedding" / "embedding.md"
     lines = ["# Demo report", "",
              "Stand-in data (not ADNI): see README. Rows: real NC, generated NC, real AD, "
              "generated AD.", ""]
@@ -272,9 +279,14 @@ def write_report(data: Path, out: Path) -> Path:
                   "![counterfactuals](counterfactual/truth_panel.png)", "",
                   *counterfactual_targets(truth), "",
                   (out / "counterfactual" / "truth.md").read_text(), ""]
-    if emb.is_file():
-        lines += ["## Embedding", "", "See [embedding/embedding.md](embedding/embedding.md).",
-                  "", "![embedding](embedding/embedding.png)", ""]
+    maps = [(name, what) for name, what in EMBEDDINGS if (out / name / "embedding.md").is_file()]
+    if maps:
+        lines += ["## Embedding", ""]
+        for name, what in maps:
+            text = (out / name / "embedding.md").read_text()
+            reading = text.split(READING_HEADING, 1)[-1].strip() if READING_HEADING in text else ""
+            lines += [f"{what}: [{name}/embedding.md]({name}/embedding.md).", "",
+                      f"![{what}]({name}/embedding.png)", "", reading, ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
