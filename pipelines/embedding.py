@@ -60,7 +60,7 @@ AGREEMENT_AMONG, AGREEMENT_LEAN = 0.8, 0.3  # share of the real slices' own gain
 AGREEMENT_BEYOND = 1.25  # this many times the real slices' gain = more typical than real slices
 AGREEMENT_MARGIN = 0.05  # this far above (below) chance = a slight lean to own (other) class
 MIN_REAL_GAIN = 0.05  # real slices' own agreement must beat chance by this to judge generated
-BY_PATIENT = 0.5  # a real slice's nearest is its own patient's this often = organised by patient
+BY_PATIENT, PATIENT_SHOWS = 0.5, 0.1  # lift over chance of "nearest is its own patient's"
 READING_HEADING = "## What the numbers say"  # embedding.md's interpretation starts here
 
 
@@ -174,15 +174,30 @@ def embed_2d(feats: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------- the numbers
 
 
-def generated_agreement(gen_feats, gen_labels, real_feats, real_labels, k: int) -> dict:
-    """Per label and overall: mean share of a generated point's k nearest real with its label."""
+def agreement_chance_left_out(labels, groups=None) -> float:
+    """A real slice's label share among neighbours drawn at random from the slices it may see:
+    the others, its own patient left out (fewer of its own label than the class share)."""
+    labels = np.asarray(labels)
+    codes = np.unique(np.arange(len(labels)) if groups is None else np.asarray(groups),
+                      return_inverse=True)[1]
+    per_group = np.zeros((codes.max() + 1, labels.max() + 1))
+    np.add.at(per_group, (codes, labels), 1)
+    same = np.bincount(labels, minlength=per_group.shape[1])[labels] - per_group[codes, labels]
+    return float(np.mean(same / (len(labels) - per_group.sum(1)[codes])))
+
+
+def generated_agreement(gen_feats, gen_labels, real_feats, real_labels, k: int,
+                        real_groups=None) -> dict:
+    """Per label and overall: mean share of a generated point's k nearest real with its label
+    (with ``real_groups``, the patient it sits nearest to left out, as a real slice's own is)."""
     out = {}
     for label_id, name in enumerate(CLASS_NAMES):
         mine = gen_labels == label_id
         if mine.any():
             out[name] = knn_label_agreement(gen_feats[mine], gen_labels[mine], real_feats,
-                                            real_labels, k)
-    out["overall"] = knn_label_agreement(gen_feats, gen_labels, real_feats, real_labels, k)
+                                            real_labels, k, ref_groups=real_groups)
+    out["overall"] = knn_label_agreement(gen_feats, gen_labels, real_feats, real_labels, k,
+                                         ref_groups=real_groups)
     return out
 
 
@@ -196,8 +211,8 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
     """
     real_labels = np.asarray(real_labels)
     k = neighbours_for(len(real_labels))
-    if real_groups is not None:
-        k = max(1, min(k, len(real_labels) - max(Counter(real_groups).values())))
+    largest_patient = max(Counter(real_groups).values()) if real_groups is not None else 1
+    k = max(1, min(k, len(real_labels) - largest_patient))
     share = {name: float(np.mean(real_labels == i)) for i, name in enumerate(CLASS_NAMES)}
     spaces = {"feature": real_feats, "map": real_xy}
     out = {
@@ -209,7 +224,7 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
                          for s, f in spaces.items()},
         "knn_leaves_patient_out": real_groups is not None,
     }
-    if real_groups is not None and max(Counter(real_groups).values()) > 1:  # else no patients
+    if largest_patient > 1:  # else no patient ids (each slice its own)
         nearest = {s: nearest_in_own_group(f, real_groups) for s, f in spaces.items()}
         out["own_patient_nearest"] = {s: share for s, (share, _) in nearest.items()}
         out["own_patient_chance"] = nearest["feature"][1]
@@ -218,8 +233,10 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
         gen = {"feature": gen_feats, "map": gen_xy}
         out["real_agreement"] = {s: knn_label_share(f, real_labels, k, groups=real_groups)
                                  for s, f in spaces.items()}
+        out["real_agreement_chance"] = agreement_chance_left_out(real_labels, real_groups)
         out["generated_agreement"] = {
-            s: generated_agreement(gen[s], gen_labels, spaces[s], real_labels, k) for s in spaces}
+            s: generated_agreement(gen[s], gen_labels, spaces[s], real_labels, k, real_groups)
+            for s in spaces}
         chance = {CLASS_NAMES[i]: share[CLASS_NAMES[i]] for i in sorted(set(gen_labels.tolist()))}
         chance["overall"] = float(np.mean([share[CLASS_NAMES[i]] for i in gen_labels]))
         out["agreement_chance"] = chance
@@ -236,15 +253,17 @@ def _word(value: float, levels) -> str:
 def _patients(summary: dict, space: str) -> str:
     """What the space is organised by first: patients, or not (slices carry their patient)."""
     share, chance = summary["own_patient_nearest"]["feature"], summary["own_patient_chance"]
-    numbers = (f"in {fmt(share)} of slices ({fmt(summary['own_patient_nearest']['map'])} in the "
-               f"2-D map; chance {fmt(chance)})")
-    if share >= BY_PATIENT:
-        return (f"In the {space} space, a real slice's nearest other slice is one of its own "
-                f"patient's {numbers}: the space is organised by patient (anatomy, contrast, slice "
-                "level) before diagnosis, so the label measures of real slices below leave each "
-                "slice's own patient out.")
-    return (f"In the {space} space, a real slice's nearest other slice is one of its own "
-            f"patient's only {numbers}: slices group by more than their patient.")
+    start = (f"In the {space} space, a real slice's nearest other slice is one of its own "
+             f"patient's in {fmt(share)} of slices ({fmt(summary['own_patient_nearest']['map'])} "
+             f"in the 2-D map; chance {fmt(chance)})")
+    lift = (share - chance) / (1 - chance)
+    if lift >= BY_PATIENT:
+        return (f"{start}: the space is organised by patient (anatomy, contrast, slice level) "
+                "before diagnosis (the label measures below leave out a real slice's own "
+                "patient, and the patient a generated slice sits nearest to).")
+    if lift >= PATIENT_SHOWS:
+        return f"{start}: patients show in the space but do not organise it."
+    return f"{start}: the space does not group slices by patient."
 
 
 def _separation(summary: dict, space: str) -> str:
@@ -283,18 +302,20 @@ def _agreement(summary: dict, where: str, who: str) -> str:
     place = "feature space" if where == "feature" else "2-D map"
     subject = "generated slices" if who == "overall" else f"generated {who} slices"
     own = "real slices of their class" if who == "overall" else f"real {who} slices"
+    real_chance = summary["real_agreement_chance"]
     left_out = ", own patient left out" if summary.get("knn_leaves_patient_out") else ""
-    theirs = f"{fmt(agree)} of their {summary['k']} nearest real neighbours share their label"
-    numbers = f"{theirs}; real slices {fmt(real)}{left_out}, chance {fmt(chance)}"
-    if real - chance < MIN_REAL_GAIN:
-        reals = (f"{fmt(real)} of a real slice's {summary['k']} nearest others share its label"
-                 f"{left_out}; chance {fmt(chance)}")
+    theirs = (f"{fmt(agree)} of their {summary['k']} nearest real neighbours share their label, "
+              f"chance {fmt(chance)}")
+    reals = (f"{fmt(real)} of a real slice's {summary['k']} nearest others share its label"
+             f"{left_out}, chance {fmt(real_chance)}")
+    numbers = f"{theirs}; {reals}"
+    if real - real_chance < MIN_REAL_GAIN:
         return (f"In the {place}, real slices barely group by label ({reals}), so where "
                 f"{subject} fall ({theirs}) says little about their label.")
-    gain = (agree - chance) / (real - chance)
-    if gain >= AGREEMENT_BEYOND:
-        verdict = (f"fall among {own}, more consistently than real slices do: they are more "
-                   "typical of their label than the real slices are")
+    gain = (agree - chance) / (real - real_chance)
+    if gain >= AGREEMENT_BEYOND and agree - real >= AGREEMENT_MARGIN:
+        verdict = (f"fall among {own} more consistently than real slices themselves do, more "
+                   "typical of their label")
     elif gain >= AGREEMENT_AMONG:
         verdict = f"fall among {own}"
     elif gain >= AGREEMENT_LEAN:
@@ -396,10 +417,13 @@ def markdown_table(record: dict) -> list[str]:
         agree = record["generated_agreement"]
         for who in agree["feature"]:
             name = "all generated" if who == "overall" else f"generated {who}"
-            rows.append((f"{name}: share of nearest real with its label (chance "
-                         f"{fmt(record['agreement_chance'][who])})",
+            rows.append((f"{name}: share of nearest real with its label ("
+                         + ("the patient it sits by left out; " if left_out else "")
+                         + f"chance {fmt(record['agreement_chance'][who])})",
                          {s: agree[s][who] for s in ("feature", "map")}))
-        rows.append(("real slices: share of nearest other real with their label" + left_out,
+        rows.append(("real slices: share of nearest other real with their label"
+                     + (left_out[:-1] + "; " if left_out else " (")
+                     + f"chance {fmt(record['real_agreement_chance'])})",
                      record["real_agreement"]))
     lines = [f"| measure (k = {record['k']}) | {record['space']} features | 2-D map |",
              "|---|---:|---:|"]
@@ -509,11 +533,13 @@ def write_outputs(out_dir: Path, record: dict, xy: np.ndarray, labels: np.ndarra
     generated = np.arange(len(labels)) >= n_real
     counts = record["counts"]
     method_name = METHODS[record["method"]]
-    title = (f"{method_name} of {record['space']} features, {record['split']} split: "
-             f"{counts['real']['total']} real + {counts['generated']['total']} generated")
-    plot_embedding(out_dir / record["files"]["png"], xy, labels, generated, title, method_name)
+    def title(by: str = "") -> str:
+        return (f"{method_name} of {record['space']} features{by}, {record['split']} split: "
+                f"{counts['real']['total']} real + {counts['generated']['total']} generated")
+
+    plot_embedding(out_dir / record["files"]["png"], xy, labels, generated, title(), method_name)
     plot_levels(out_dir / record["files"]["levels_png"], xy, real_levels, generated,
-                title.replace(" features,", " features by slice level,", 1), method_name)
+                title(" by slice level"), method_name)
     write_csv(out_dir / record["files"]["csv"], xy, labels, generated, files)
     write_json(out_dir / record["files"]["json"], record)
     write_markdown(out_dir / record["files"]["md"], record, interpret(record, record["space"],

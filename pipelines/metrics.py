@@ -180,14 +180,26 @@ def nearest_in_own_group(feats, groups) -> tuple[float, float]:
     return float(np.mean(codes[nearest] == codes)), float(np.mean((sizes - 1) / (len(codes) - 1)))
 
 
-def knn_label_agreement(query_feats, query_labels, ref_feats, ref_labels, k: int = 10) -> float:
+def knn_label_agreement(query_feats, query_labels, ref_feats, ref_labels, k: int = 10,
+                        ref_groups=None) -> float:
     """Mean share of each query's ``k`` nearest references that carry the query's label.
 
     k-NN label consistency (as in conditional-GAN evaluation, e.g. Shmelkov et al. 2018): with
     generated queries and real references, 1 means every generated AD slice lives among real AD
-    slices; 0.5 means the label made no difference in a balanced set.
+    slices; 0.5 means the label made no difference in a balanced set. ``ref_groups`` (patient
+    ids) leaves out the patient of each query's nearest reference, as a real slice's own patient
+    is left out (:func:`knn_label_share`): a query that copies one patient is judged, like that
+    patient's own slices, by the patients around it.
     """
-    neighbour_labels = _labels(ref_labels)[_knn(query_feats, ref_feats, k)[1]]  # (N, k)
+    ref_labels = _labels(ref_labels)
+    if ref_groups is None:
+        index = _knn(query_feats, ref_feats, k)[1]
+    else:
+        codes = torch.from_numpy(np.unique(np.asarray(ref_groups), return_inverse=True)[1])
+        wide = _knn(query_feats, ref_feats, k + int(torch.bincount(codes).max()))[1]
+        kept = codes[wide] != codes[wide[:, :1]]  # not the nearest reference's patient
+        index = torch.stack([row[keep][:k] for row, keep in zip(wide, kept, strict=True)])
+    neighbour_labels = ref_labels[index]  # (N, k)
     return float((neighbour_labels == _labels(query_labels)[:, None]).double().mean())
 
 

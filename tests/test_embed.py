@@ -37,7 +37,8 @@ def table_numbers(record):
         values += [*record["own_patient_nearest"].values(), record["own_patient_chance"]]
     if "generated_agreement" in record:
         values += [v for d in record["generated_agreement"].values() for v in d.values()]
-        values += [*record["real_agreement"].values(), *record["agreement_chance"].values()]
+        values += [*record["real_agreement"].values(), *record["agreement_chance"].values(),
+                   record["real_agreement_chance"]]
     return [emb.fmt(v) for v in values]
 
 
@@ -85,6 +86,9 @@ def test_the_demo_report_shows_each_map_with_its_reading(tsne_run, tiny_data, tm
     record = json.loads((tsne_run / "embedding.json").read_text())
     for sentence in emb.interpret(record, "latent", "tsne"):
         assert sentence in report
+    shutil.copytree(tsne_run, tmp_path / "demo" / "embedding")  # both: the latents' first
+    report = write_report(tiny_data, tmp_path / "demo").read_text()
+    assert report.index("](embedding/embedding.png)") < report.index("](embedding_judge/")
 
 
 def test_umap_judge_space(tiny_model, tiny_data, tmp_path):
@@ -196,18 +200,17 @@ def patients_of(n_patients=12, slices=10, seed=0):
 
 
 def test_rules_see_a_space_organised_by_patient():
-    real, labels, patients = patients_of()
-    gen, gen_labels = real[::10] + 0.5, labels[::10]  # each near a real patient of its label
+    real, labels, patients = patients_of(n_patients=40, slices=5)
+    gen, gen_labels = real[::5], labels[::5]  # copies of one slice of each real patient
     summary = emb.summarise(real, labels, real[:, :2], gen, gen_labels, gen[:, :2], patients)
     assert summary["own_patient_nearest"]["feature"] == 1.0
-    assert summary["own_patient_chance"] == pytest.approx(9 / 119)
-    # with each patient's own slices counted, real slices would agree with themselves by
-    # their patient alone; left out, the labels (drawn by patient) carry nothing
-    assert summary["real_agreement"]["feature"] < 0.7
+    assert summary["own_patient_chance"] == pytest.approx(4 / 199)
     sentences = emb.interpret(summary, "latent", "umap")
     assert "organised by patient" in sentences[0]
     assert "each slice judged with its own patient left out" in sentences[1]
-    assert all("fall among" not in s for s in sentences)  # no credit for sitting by a patient
+    # a copy is judged by the patients around the one it copies, as that patient's slices are:
+    # labels drawn by patient carry nothing there, so sitting by a patient earns no credit
+    assert all("fall among" not in s and "more typical" not in s for s in sentences)
     check_sentences_use_summary(sentences, summary)
 
 
@@ -224,7 +227,7 @@ def test_rules_see_a_space_not_organised_by_patient():
     summary = emb.summarise(real, labels, real[:, :2], real[:4], labels[:4], real[:4, :2],
                             patients)
     sentences = emb.interpret(summary, "latent", "umap")
-    assert "group by more than their patient" in sentences[0]
+    assert "does not group slices by patient" in sentences[0]
     assert "separate clearly" in sentences[1]
     check_sentences_use_summary(sentences, summary)
 
@@ -266,7 +269,7 @@ def test_embed_2d_is_seeded():
 def test_agreement_verdict_follows_the_gain_over_chance(agree, verdict):
     summary = {"k": 10, "real_agreement": {"feature": 0.8985},
                "generated_agreement": {"feature": {"NC": agree}},
-               "agreement_chance": {"NC": 0.5}}
+               "agreement_chance": {"NC": 0.5}, "real_agreement_chance": 0.5}
     assert verdict in emb._agreement(summary, "feature", "NC")
 
 
@@ -275,9 +278,20 @@ def test_generated_slices_more_typical_than_real_ones_are_called_so():
     # generated NC 0.893 (guidance draws class-typical slices)
     summary = {"k": 10, "real_agreement": {"feature": 0.627},
                "generated_agreement": {"feature": {"NC": 0.893}},
-               "agreement_chance": {"NC": 0.5}}
-    assert "more typical of their label than the real slices are" in emb._agreement(
-        summary, "feature", "NC")
-    summary["generated_agreement"]["feature"]["NC"] = 0.62  # about as typical as real slices
+               "agreement_chance": {"NC": 0.5}, "real_agreement_chance": 0.474}
+    assert "more consistently than real slices themselves do, more typical of their label" in \
+        emb._agreement(summary, "feature", "NC")
+    summary["generated_agreement"]["feature"]["NC"] = 0.64  # about as typical as real slices
     sentence = emb._agreement(summary, "feature", "NC")
     assert "fall among real NC slices" in sentence and "more typical" not in sentence
+
+
+def test_the_real_slices_chance_leaves_their_patient_out():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # each slice's own patient holds 2 of its label: 2 of the 6 others share it
+    assert emb.agreement_chance_left_out(labels, [0, 0, 1, 1, 2, 2, 3, 3]) == pytest.approx(2 / 6)
+    assert emb.agreement_chance_left_out(labels) == pytest.approx(3 / 7)  # each slice alone
+    summary = emb.summarise(*blobs(n_per_class=20, distance=0.0)[:1], np.repeat([0, 1], 20),
+                            np.zeros((40, 2)), np.zeros((2, 16)), np.array([0, 1]),
+                            np.zeros((2, 2)), np.repeat(np.arange(8), 5))
+    assert summary["real_agreement_chance"] == pytest.approx(15 / 35)

@@ -94,6 +94,20 @@ def test_label_share_and_own_group_nearest_see_through_patients():
     assert share == 1.0 and chance == pytest.approx(1 / 5)
     shuffled = ["a", "b", "c", "a", "b", "c"]
     assert metrics.nearest_in_own_group(feats, shuffled)[0] == 0.0
+    # unequal patients (1, 2 and 3 slices): chance weighs each slice by its patient's others
+    share, chance = metrics.nearest_in_own_group(feats, ["a", "b", "b", "c", "c", "c"])
+    assert chance == pytest.approx((0 + 1 + 1 + 2 + 2 + 2) / 6 / 5)
+    assert share == pytest.approx(2 / 6)  # only c's 20.0 and 20.1 find their own patient
+
+
+def test_a_copy_of_a_patient_is_judged_as_that_patient_s_own_slices_are():
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(30), 4)
+    feats = np.repeat(rng.normal(0, 5, (30, 6)), 4, axis=0) + rng.normal(0, 0.1, (120, 6))
+    labels = rng.integers(0, 2, 30)[patients]
+    copies = metrics.knn_label_agreement(feats, labels, feats, labels, 8, ref_groups=patients)
+    assert copies == metrics.knn_label_share(feats, labels, 8, groups=patients)
+    assert metrics.knn_label_agreement(feats, labels, feats, labels, 8) > copies  # credit by copy
 
 
 def test_precision_with_patient_groups_ignores_near_duplicate_slices():
