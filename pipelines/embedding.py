@@ -32,6 +32,7 @@ from .files import write_json
 from .judge import judge_for
 from .ldm.latents import encode_posterior
 from .metrics import (
+    agreement_chance_left_out,
     knn_label_accuracy,
     knn_label_agreement,
     knn_label_share,
@@ -172,18 +173,6 @@ def embed_2d(feats: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the numbers
-
-
-def agreement_chance_left_out(labels, groups=None) -> float:
-    """A real slice's label share among neighbours drawn at random from the slices it may see:
-    the others, its own patient left out (fewer of its own label than the class share)."""
-    labels = np.asarray(labels)
-    codes = np.unique(np.arange(len(labels)) if groups is None else np.asarray(groups),
-                      return_inverse=True)[1]
-    per_group = np.zeros((codes.max() + 1, labels.max() + 1))
-    np.add.at(per_group, (codes, labels), 1)
-    same = np.bincount(labels, minlength=per_group.shape[1])[labels] - per_group[codes, labels]
-    return float(np.mean(same / (len(labels) - per_group.sum(1)[codes])))
 
 
 def generated_agreement(gen_feats, gen_labels, real_feats, real_labels, k: int,

@@ -69,20 +69,30 @@ def _distances(query: torch.Tensor, ref: torch.Tensor, chunk: int = 1024):
         yield start, torch.cdist(query[start : start + chunk], ref)
 
 
-def _knn(query, ref, k: int, groups=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_codes(*groups) -> list[torch.Tensor]:
+    """Integer codes of group ids (e.g. patient ids), one coding across all arrays given."""
+    joined = np.concatenate([np.asarray(g) for g in groups])
+    codes = torch.from_numpy(np.unique(joined, return_inverse=True)[1])
+    return list(codes.split([len(g) for g in groups]))
+
+
+def _knn(query, ref, k: int, groups=None, query_groups=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances, indices) of the ``k`` nearest ``ref`` rows of each ``query`` row, nearest first.
 
     ``ref=None``: neighbours within ``query`` itself, never the row itself nor, with ``groups``
-    (e.g. patient ids), a row of the same group.
+    (e.g. patient ids), a row of the same group. With ``ref``, ``groups`` (the ref rows') and
+    ``query_groups`` (a group per query row): a query row never gets a ref row of its group.
     """
     query = torch.from_numpy(_as_float64(query))
     within = ref is None
     ref = query if within else torch.from_numpy(_as_float64(ref))
-    codes = None
     if within:
-        codes = (torch.arange(len(query)) if groups is None
-                 else torch.from_numpy(np.unique(np.asarray(groups), return_inverse=True)[1]))
-        available = len(query) - torch.bincount(codes).max().item()
+        groups = np.arange(len(query)) if groups is None else groups
+        query_groups = groups
+    codes = None
+    if groups is not None and query_groups is not None:
+        query_codes, codes = _group_codes(query_groups, groups)
+        available = len(ref) - torch.bincount(codes).max().item()
     else:
         available = len(ref)
     if k > available:
@@ -90,7 +100,7 @@ def _knn(query, ref, k: int, groups=None) -> tuple[torch.Tensor, torch.Tensor]:
     dists, index = [], []
     for start, d in _distances(query, ref):
         if codes is not None:
-            d[codes[start : start + len(d), None] == codes[None, :]] = float("inf")
+            d[query_codes[start : start + len(d), None] == codes[None, :]] = float("inf")
         top = d.topk(k, dim=1, largest=False)
         dists.append(top.values)
         index.append(top.indices)
@@ -141,6 +151,12 @@ def _labels(labels) -> torch.Tensor:
     return torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
 
+def _neighbour_labels(feats, labels, k: int, groups=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, (N, k) labels of each sample's k nearest others, its own group left out)."""
+    labels = _labels(labels)
+    return labels, labels[_knn(feats, None, k, groups=groups)[1]]
+
+
 def knn_label_accuracy(feats, labels, k: int = 10, groups=None) -> float:
     """Leave-one-out k-NN accuracy (Cover & Hart 1967): how separable the classes are.
 
@@ -148,8 +164,7 @@ def knn_label_accuracy(feats, labels, k: int = 10, groups=None) -> float:
     ``groups`` (patient ids) leaves the whole patient out, so a slice is not classified by its
     neighbouring slices (which share the label trivially).
     """
-    labels = _labels(labels)
-    neighbour_labels = labels[_knn(feats, None, k, groups=groups)[1]]  # (N, k)
+    labels, neighbour_labels = _neighbour_labels(feats, labels, k, groups)
     num_classes = int(labels.max()) + 1
     votes = F.one_hot(neighbour_labels, num_classes).sum(dim=1)  # (N, C)
     return float((votes.argmax(dim=1) == labels).double().mean())
@@ -162,9 +177,19 @@ def knn_label_share(feats, labels, k: int = 10, groups=None) -> float:
     leaves the sample's whole patient out: its neighbouring slices share its label trivially,
     and a generated slice has no patient among the real ones.
     """
-    labels = _labels(labels)
-    neighbour_labels = labels[_knn(feats, None, k, groups=groups)[1]]  # (N, k)
+    labels, neighbour_labels = _neighbour_labels(feats, labels, k, groups)
     return float((neighbour_labels == labels[:, None]).double().mean())
+
+
+def agreement_chance_left_out(labels, groups=None) -> float:
+    """:func:`knn_label_share` by chance: a sample's label share among neighbours drawn at random
+    from the others, its own group left out (fewer of its own label than the class share)."""
+    labels = np.asarray(labels)
+    codes = _group_codes(np.arange(len(labels)) if groups is None else groups)[0].numpy()
+    per_group = np.zeros((codes.max() + 1, labels.max() + 1))
+    np.add.at(per_group, (codes, labels), 1)
+    same = np.bincount(labels, minlength=per_group.shape[1])[labels] - per_group[codes, labels]
+    return float(np.mean(same / (len(labels) - per_group.sum(1)[codes])))
 
 
 def nearest_in_own_group(feats, groups) -> tuple[float, float]:
@@ -174,7 +199,7 @@ def nearest_in_own_group(feats, groups) -> tuple[float, float]:
     contrast, slice level) before anything else; chance is the share of a sample's others that
     are of its group, averaged over samples.
     """
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1]
+    codes = _group_codes(groups)[0].numpy()
     nearest = _knn(feats, None, 1)[1][:, 0].numpy()
     sizes = np.bincount(codes)[codes]
     return float(np.mean(codes[nearest] == codes)), float(np.mean((sizes - 1) / (len(codes) - 1)))
@@ -191,15 +216,11 @@ def knn_label_agreement(query_feats, query_labels, ref_feats, ref_labels, k: int
     is left out (:func:`knn_label_share`): a query that copies one patient is judged, like that
     patient's own slices, by the patients around it.
     """
-    ref_labels = _labels(ref_labels)
-    if ref_groups is None:
-        index = _knn(query_feats, ref_feats, k)[1]
-    else:
-        codes = torch.from_numpy(np.unique(np.asarray(ref_groups), return_inverse=True)[1])
-        wide = _knn(query_feats, ref_feats, k + int(torch.bincount(codes).max()))[1]
-        kept = codes[wide] != codes[wide[:, :1]]  # not the nearest reference's patient
-        index = torch.stack([row[keep][:k] for row, keep in zip(wide, kept, strict=True)])
-    neighbour_labels = ref_labels[index]  # (N, k)
+    nearest_group = None
+    if ref_groups is not None:
+        nearest_group = np.asarray(ref_groups)[_knn(query_feats, ref_feats, 1)[1][:, 0].numpy()]
+    index = _knn(query_feats, ref_feats, k, groups=ref_groups, query_groups=nearest_group)[1]
+    neighbour_labels = _labels(ref_labels)[index]  # (N, k)
     return float((neighbour_labels == _labels(query_labels)[:, None]).double().mean())
 
 
