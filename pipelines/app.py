@@ -391,7 +391,10 @@ def truth_summary(session: AppSession) -> str:
         edit = block["rows"][f"edit ({record['method']})"]
         auc = edit["localisation_auc"]  # null where no pixel truly changed
         faint = block["rows"].get(SCALED_TRUTH_ROW, {}).get("flip_rate")  # older records: none
-        parts.append(f"{direction} flip rate {edit['flip_rate']:.2f}"
+        share = block.get("axioms", {}).get("share_explained")
+        parts.append(f"{direction}" + ("" if share is None else
+                                       f" explains {share:.0%} of the true change,")
+                     + f" flip rate {edit['flip_rate']:.2f}"
                      + ("" if faint is None else f" (the truth at the edit's size {faint:.2f})")
                      + ", closer to the truth than "
                      f"the source in {edit['closer_than_source']:.0%}, localisation AUC "

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from . import counterfactual_axioms as axioms
 from .counterfactual import (
     Source,
     brain_mask,
@@ -229,6 +231,95 @@ def reconstructions(editor, sources: list[Source], batch_size: int) -> np.ndarra
     return np.rint(np.concatenate(outs) * 255).astype(np.uint8)
 
 
+def axiom_scores(editor, sources: list[Source], targets: list[int], edit: np.ndarray,
+                 null: np.ndarray, truths: np.ndarray, brain: np.ndarray, rows: dict,
+                 **edit_kwargs) -> dict:
+    """Monteiro et al.'s measures of one direction's ``edit`` (:mod:`counterfactual_axioms`):
+    the share of the true change explained and the change's correlation with it (each with its
+    95 % interval over patients), the size ratio, the flip target, minimality, reversibility
+    (the edit edited back), composition (``null``, the null edit, applied again up to 5 times)
+    and the CSF area's change per patient against the truth's."""
+    src = np.stack([s.pixels for s in sources])
+    own = [s.label for s in sources]
+    share = axioms.share_explained(edit, src, truths, brain)
+    corr = axioms.change_correlation(edit, src, truths, brain)
+    changed = (np.abs(truths.astype(np.float64) - src) > CHANGED_LEVEL) & brain
+
+    def again(images: np.ndarray, labels: list[int], to: list[int]) -> np.ndarray:
+        edited = [replace(s, pixels=p, label=label, note=None)
+                  for s, p, label in zip(sources, images, labels, strict=True)]
+        return run_edits(editor, edited, to, **edit_kwargs)
+
+    one_way = axioms.drift(edit, src, brain)
+    round_trip = axioms.drift(again(edit, targets, own), src, brain)
+    drifts, inputs, composed = {}, src, null  # composed: the null edit applied m times
+    for m in range(1, 6):
+        # an edit is deterministic (per-slice seeds): once the null edit returns its input
+        # exactly, that is a fixed point and further applications change nothing
+        if m > 1 and not np.array_equal(composed, inputs):
+            inputs, composed = composed, again(composed, own, own)
+        if m in (1, 2, 5):
+            drifts[str(m)] = round(axioms.drift(composed, src, brain), 4)
+    flips = {name: rows[name]["flip_rate"] for name in ("truth", SCALED_TRUTH_ROW)}
+    edit_flip = rows[f"edit ({edit_kwargs['method']})"]["flip_rate"]
+    return {
+        "share_explained": round(float(np.nanmean(share)), 4),
+        "share_explained_interval": patient_interval(share, sources),
+        "change_correlation": round(float(np.nanmean(corr)), 4),
+        "change_correlation_interval": patient_interval(corr, sources),
+        "magnitude_ratio": round(axioms.magnitude_ratio(edit, src, truths, brain), 4),
+        "flip": {"edit": edit_flip, "truth": flips["truth"],
+                 "truth_at_size": flips[SCALED_TRUTH_ROW],
+                 "met": axioms.flip_verdict(edit_flip, flips["truth"], flips[SCALED_TRUTH_ROW])},
+        "minimality": {k: round(v, 4) for k, v in
+                       axioms.outside_change(edit, src, changed, brain).items()},
+        "reversibility": {"one_way": round(one_way, 4), "round_trip": round(round_trip, 4),
+                          "ratio": round(one_way / round_trip, 2) if round_trip > 0 else None},
+        "composition": {"drift": drifts, "share_of_one_way":
+                        round(drifts["5"] / one_way, 4) if one_way > 0 else None},
+        "csf_area": axioms.csf_agreement(edit, src, truths, brain,
+                                         [patient_id(s.path.name) for s in sources]),
+    }
+
+
+def axiom_table(block: dict) -> list[str]:
+    """One direction's axioms as markdown lines, each beside its target."""
+    a = block["axioms"]
+
+    def interval(key):
+        lo, hi = a[f"{key}_interval"]
+        return f"{a[key]:.3f} (95 % over patients {lo:.3f} to {hi:.3f})"
+
+    rev, comp, csf, flip = a["reversibility"], a["composition"], a["csf_area"], a["flip"]
+    ratio = "not defined (the round trip returned exactly)" if rev["ratio"] is None \
+        else f"{rev['ratio']:.2f}x"
+    share5 = "n/a" if comp["share_of_one_way"] is None else f"{comp['share_of_one_way']:.3f}"
+    csf_corr = csf["not_defined"] if csf["correlation"] is None else f"{csf['correlation']:.3f}"
+    csf_slope = "n/a" if csf["slope"] is None else f"{csf['slope']:.3f}"
+    return [
+        "| measure | value | target |", "|---|---|---|",
+        f"| share of the true change explained | {interval('share_explained')} | >= "
+        f"{axioms.SHARE_TARGET} (interval's low end > {axioms.SHARE_LOW_TARGET}) |",
+        f"| correlation of the edit's change with the true change | "
+        f"{interval('change_correlation')} | >= {axioms.CORRELATION_TARGET} |",
+        f"| the edit's change / the true change (size) | {a['magnitude_ratio']:.3f} | |",
+        f"| flip rate: edit / truth / truth at the edit's size | {flip['edit']:.3f} / "
+        f"{flip['truth']:.3f} / {flip['truth_at_size']:.3f} | >= the truth at the edit's size "
+        f"and >= {axioms.FLIP_OF_TRUTH} x the truth: {'met' if flip['met'] else 'missed'} |",
+        f"| minimality: change outside / inside the truly changed pixels (grey levels); share "
+        f"outside | {a['minimality']['outside']:.2f} / {a['minimality']['inside']:.2f}; "
+        f"{a['minimality']['share_outside']:.3f} | |",
+        f"| reversibility: one-way change / distance back after the round trip | "
+        f"{rev['one_way']:.2f} / {rev['round_trip']:.2f} = {ratio} | >= "
+        f"{axioms.REVERSIBILITY_TARGET:.0f}x |",
+        "| composition: drift after 1, 2, 5 null edits (grey levels); 5 over the one-way "
+        f"change | {', '.join(f'{v:.3f}' for v in comp['drift'].values())}; {share5} | < "
+        f"{axioms.COMPOSITION_TARGET} |",
+        f"| CSF area change per patient, edit against truth: correlation; slope | {csf_corr}; "
+        f"{csf_slope} | |",
+    ]
+
+
 def baseline_settings(method: str, strength: float, guidance_scale: float) -> dict:
     """{other method: (strength, guidance)} to score beside ``method``: the other sampled method
     at the same strength and guidance (the issue's like-for-like baseline), the posterior method
@@ -299,6 +390,8 @@ def evaluate_edits(pipe, judge, pairs: dict, data_root, out_dir, *, settings: di
                      "mae_below_source": source_mae - edit_slices["mae"]}  # paired: tighter
         record["directions"][direction] = {
             "slices": len(sources), "rows": rows,
+            "axioms": axiom_scores(editor, sources, targets, edit, candidates[NULL_ROW], truths,
+                                   brain, rows, method=method, **kwargs),
             "edit_closer_by_patient": closer_by_patient(closer, sources),
             "edit_intervals": {name: patient_interval(values, sources)
                                for name, values in per_slice.items()}}
@@ -347,6 +440,8 @@ def truth_table(record: dict) -> str:
                           f"{INTERVAL_NAMES.get(k, k)} {lo:.3f} to {hi:.3f}"
                           for k, (lo, hi) in intervals.items())
                       + "."]
+        if "axioms" in block:
+            lines += ["", f"Axioms of the edit ({direction}):", "", *axiom_table(block)]
         by_patient = block.get("edit_closer_by_patient", {})
         if by_patient:
             lines += ["", "The edit closer than the source, per patient: " + ", ".join(

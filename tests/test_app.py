@@ -288,6 +288,10 @@ def test_the_edit_notes_say_how_the_model_scored_against_the_truth(tiny_model, t
     (model / "edit_truth" / "truth.json").write_text(json.dumps(record))
     assert "NC->AD flip rate 0.75 (the truth at the edit's size 0.70), closer" in \
         truth_summary(AppSession(model))
+    record["directions"]["NC->AD"]["axioms"] = {"share_explained": 0.07}
+    (model / "edit_truth" / "truth.json").write_text(json.dumps(record))
+    assert "NC->AD explains 7% of the true change, flip rate 0.75" in \
+        truth_summary(AppSession(model))
 
 
 def test_a_session_leaves_no_work_folder_behind(tiny_model):

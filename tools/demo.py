@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines import counterfactual_axioms as axioms
 from pipelines.cli import script_parser
 from pipelines.config import load_config
-from pipelines.counterfactual_eval import SCALED_TRUTH_ROW
 from pipelines.embedding import READING_HEADING
 from pipelines.errors import cli_entry
 from pipelines.evaluation import LEVEL_ERROR_TARGET
@@ -208,13 +208,14 @@ def _beside(intervals: dict, key: str, *notes: str) -> str:
 
 
 def counterfactual_targets(truth: dict) -> list[str]:
-    """Issue #17's targets for the edits, per direction, from edit.py --evaluate's truth.json
-    (a number that could not be computed, e.g. an AUC without changed pixels, is n/a)."""
+    """The edits' targets per direction, from edit.py --evaluate's truth.json: the field's
+    measures (``pipelines.counterfactual_axioms``) and closeness to the paired truth (a number
+    that could not be computed, e.g. an AUC without changed pixels, is n/a)."""
     if not truth:
         return []
 
     def at_least(name, value, goal, beside=""):
-        if value is None:
+        if value is None or value != value:
             return check(name, "n/a", f">= {goal}", None)
         return check(name, f"{value:.3f}{beside}", f">= {goal}", value >= goal)
 
@@ -224,23 +225,38 @@ def counterfactual_targets(truth: dict) -> list[str]:
         edit = found[f"edit ({truth['method']})"]
         others = [row["mae_to_truth"] for name, row in found.items()
                   if name.startswith("baseline")]
-        # the judge on the truth itself, and on the truth drawn at the edit's size
-        ceiling, faint = (found.get(name, {}).get("flip_rate")
-                          for name in ("truth", SCALED_TRUTH_ROW))
         spread = block.get("edit_intervals", {})
-        rows += [at_least(f"{direction} flip rate", edit["flip_rate"], 0.8,
-                          _beside(spread, "flip_rate",
-                                  "" if ceiling is None else f"the truth itself: {ceiling:.3f}",
-                                  "" if faint is None else
-                                  f"the truth at the edit's size: {faint:.3f}")),
+        a = block.get("axioms")
+        if a:
+            flip, rev, comp = a["flip"], a["reversibility"], a["composition"]
+            low = a["share_explained_interval"][0]
+            rows += [
+                check(f"{direction} flip rate (the truth itself; the truth at the edit's size)",
+                      f"{flip['edit']:.3f} ({flip['truth']:.3f}; {flip['truth_at_size']:.3f})",
+                      f">= the truth at the edit's size and >= {axioms.FLIP_OF_TRUTH} x the "
+                      "truth", flip["met"]),
+                check(f"{direction} share of the true change explained",
+                      f"{a['share_explained']:.3f} (95 % over patients from {low:.3f})",
+                      f">= {axioms.SHARE_TARGET}, low end > {axioms.SHARE_LOW_TARGET}",
+                      a["share_explained"] >= axioms.SHARE_TARGET
+                      and low > axioms.SHARE_LOW_TARGET),
+                at_least(f"{direction} correlation with the true change",
+                         a["change_correlation"], axioms.CORRELATION_TARGET),
+                at_least(f"{direction} reversibility: one-way change / distance back",
+                         rev["ratio"], axioms.REVERSIBILITY_TARGET),
+                check(f"{direction} composition: drift after 5 null edits / one-way change",
+                      "n/a" if comp["share_of_one_way"] is None
+                      else f"{comp['share_of_one_way']:.3f}", f"< {axioms.COMPOSITION_TARGET}",
+                      None if comp["share_of_one_way"] is None
+                      else comp["share_of_one_way"] < axioms.COMPOSITION_TARGET)]
+        rows += [at_least(f"{direction} identity SSIM outside the changed pixels",
+                          edit["identity_ssim"], 0.95),
                  at_least(f"{direction} localisation AUC", edit["localisation_auc"], 0.75),
                  at_least(f"{direction} closer to the truth than the source",
                           edit["closer_than_source"], 0.7, _beside(spread, "closer_than_source")),
                  check(f"{direction} MAE to the truth, edit vs baselines",
                        f"{edit['mae_to_truth']:.2f} vs " + ", ".join(f"{m:.2f}" for m in others),
-                       "below every baseline", all(edit["mae_to_truth"] < m for m in others)),
-                 at_least(f"{direction} identity SSIM outside the changed pixels",
-                          edit["identity_ssim"], 0.9)]
+                       "below every baseline", all(edit["mae_to_truth"] < m for m in others))]
     return rows
 
 
@@ -271,7 +287,7 @@ def write_report(data: Path, out: Path) -> Path:
                   "![power spectra, generated vs real](eval/spectrum.png)", ""]
     truth = _load(out / "counterfactual" / "truth.json")
     if truth:
-        lines += ["## Counterfactuals against the truth (issue 17)", "",
+        lines += ["## Counterfactuals against the truth", "",
                   "Test slices edited to the other label (`edit.py --evaluate`), scored against "
                   "the same patients rendered at the other class's severity (the same rank in "
                   "its distribution). Columns: source, "
