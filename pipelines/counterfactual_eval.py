@@ -21,8 +21,7 @@ source plus the edit's least-squares size along the true change times that chang
 knows only part of where atrophy acts comes closest to the truth when drawn fainter than it (an
 estimate correlated rho with the truth is closest at about rho^2 of its size along it), and a
 faint truth is called the target less often than the truth: if the edit flips about as often as
-this row, it flips as its size allows, and what is missing is the knowledge of where, not gain
-(docs/RESULTS.md, "Why the edit is faint").
+this row, it flips as its size allows, and what is missing is the knowledge of where, not gain.
 """
 
 from __future__ import annotations
@@ -165,8 +164,7 @@ def patient_slices(sources: list[Source]) -> dict[str, list[int]]:
 
 def closer_by_patient(closer: np.ndarray, sources: list[Source]) -> dict[str, float]:
     """The share of each pair patient's slices closer to the truth than the source (``closer``:
-    one flag per slice): with a few patients per direction, "closer" is set patient by patient
-    (docs/RESULTS.md, "The truth by rank")."""
+    one flag per slice): with a few patients per direction, "closer" is set patient by patient."""
     closer = np.asarray(closer, dtype=bool)
     return {pid: round(float(closer[idx].mean()), 3)
             for pid, idx in sorted(patient_slices(sources).items())}
@@ -322,7 +320,7 @@ def axiom_table(block: dict) -> list[str]:
 
 def baseline_settings(method: str, strength: float, guidance_scale: float) -> dict:
     """{other method: (strength, guidance)} to score beside ``method``: the other sampled method
-    at the same strength and guidance (the issue's like-for-like baseline), the posterior method
+    at the same strength and guidance (a like-for-like baseline), the posterior method
     against the others at their own measured defaults (EDIT_DEFAULTS) and they against it."""
     def own(m):
         return EDIT_DEFAULTS[m]["strength"], EDIT_DEFAULTS[m]["guidance_scale"]

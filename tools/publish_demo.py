@@ -1,4 +1,4 @@
-"""Copy a finished demo's report, tables and figures into the docs, the way RESULTS.md cites them.
+"""Copy a finished demo's report, tables and figures into docs/demo/, where the results page cites them.
 
     python -m tools.publish_demo [--demo outputs/demo] [--out docs/demo]
 

@@ -12,7 +12,7 @@ the output) rather than as a grouped convolution.
 
 No maintained PyPI package fits here: ``stylegan2-pytorch`` (lucidrains) and ``stylegan2-torch``
 are unconditional, unmaintained since 2022 and bring their own trainers; NVlabs' code needs its
-CUDA extensions and is not a package. Decision recorded in docs/RESULTS.md.
+CUDA extensions and is not a package (docs/DESIGN.md, "The models").
 """
 
 from __future__ import annotations
