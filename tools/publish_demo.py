@@ -1,4 +1,4 @@
-"""Copy a finished demo's report, tables and figures into docs/demo/, where the results page cites them.
+"""Copy a finished demo's report, tables and figures into docs/demo/, which RESULTS cites.
 
     python -m tools.publish_demo [--demo outputs/demo] [--out docs/demo]
 
