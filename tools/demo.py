@@ -90,7 +90,8 @@ def speed_check(config: str, out: Path, caps: bool, seconds: float = 12.0) -> di
     lines = speed_probe.summary_lines(projections) + [
         f"projected: training ~{training / 60:.1f} min, the stages after it roughly "
         f"~{rest / 60:.0f} min more"]
-    warning = speed_probe.warning_lines(projections, LIFT_FLAG, SMALLER)
+    warning = speed_probe.warning_lines(projections, f"{LIFT_FLAG} (`make demo DEMO_ARGS="
+                                        f"{LIFT_FLAG}`)", SMALLER)
     print("\n".join(lines), flush=True)
     if warning:
         print("\n" + "\n".join(warning) + "\n", file=sys.stderr, flush=True)
