@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -30,17 +31,23 @@ VARIANTS = {
 CI = ("avx2", "scalar-1thread")  # `make test`: the AVX2-only host kind and the farthest one
 
 
-def run_variant(name: str, pytest_args: list[str]) -> tuple[int, float, str]:
-    """(exit code, seconds, pytest's last line) of ``pytest -m kernels`` under variant ``name``."""
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_variant(name: str, pytest_args: list[str]) -> tuple[int, float, float, str]:
+    """(exit code, wall seconds, CPU seconds, pytest's last line) of ``pytest -m kernels`` under
+    variant ``name`` (CPU seconds: what the run costs whatever else the host is doing)."""
     env = {**os.environ, **VARIANTS[name]}
-    t0 = time.time()
+    t0, cpu0 = time.time(), _cpu_seconds()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "kernels", "-p",
                            "no:cacheprovider", *pytest_args], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     if proc.returncode != 0:
         print("\n".join(lines[-60:]), file=sys.stderr)
-    return proc.returncode, time.time() - t0, lines[-1] if lines else ""
+    return proc.returncode, time.time() - t0, _cpu_seconds() - cpu0, lines[-1] if lines else ""
 
 
 def main(argv=None) -> int:
@@ -61,8 +68,9 @@ def main(argv=None) -> int:
     failed = []
     for name in names:
         setting = " ".join(f"{k}={v}" for k, v in VARIANTS[name].items())
-        code, seconds, last = run_variant(name, args.pytest_args or ["tests"])
-        print(f"kernel variant {name} ({setting}): {last} [{seconds:.0f} s]", flush=True)
+        code, seconds, cpu, last = run_variant(name, args.pytest_args or ["tests"])
+        print(f"kernel variant {name} ({setting}): {last} [{seconds:.0f} s, {cpu:.0f} CPU s]",
+              flush=True)
         if code != 0:
             failed.append(name)
     if failed:
