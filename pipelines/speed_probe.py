@@ -8,6 +8,7 @@ the config at its batch size and precision, on random inputs of the training sha
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -16,10 +17,11 @@ import torch
 from .training import resolve_precision
 
 STAGES = ("vae", "unet")
-# A stage's time beyond its steps (reading the data, the UNet's latent cache, validation,
-# checkpoints, the final measurement), as a share of the steps' time. Measured on the demo
-# config (docs/RESULTS.md, "The demo's early warning").
-OVERHEAD = {"vae": 0.10, "unet": 0.10}
+# A stage's time outside its training loop (start-up, reading the data, the UNet's latent cache,
+# the final measurement and save) in the stage's own steps: the demo data on a throttled 2-core
+# host took 166 s beside VAE steps of 1.13 s, 132 s beside UNet steps of 1.63 s
+# (docs/RESULTS.md, "The demo's speed check").
+FIXED_STEPS = {"vae": 147, "unet": 81}
 
 
 def _vae_step(cfg):
@@ -101,10 +103,11 @@ def project(cfg, seconds_per_step: dict[str, float], caps: bool = True) -> list[
         scfg = getattr(cfg, stage)
         cap = scfg.max_train_minutes * 60 if caps else 0.0
         steps_time = scfg.max_train_steps * per_step
-        full = steps_time * (1 + OVERHEAD[stage])
-        if cap > 0 and steps_time > cap:  # the loop stops once its steps pass the cap
-            reached = int(cap / per_step)
-            seconds = cap + steps_time * OVERHEAD[stage] * reached / scfg.max_train_steps
+        fixed = FIXED_STEPS[stage] * per_step
+        full = steps_time + fixed
+        if cap > 0 and steps_time > cap:  # the loop stops at the first step past the cap
+            reached = min(scfg.max_train_steps, math.ceil(cap / per_step))
+            seconds = reached * per_step + fixed
         else:
             reached, seconds = scfg.max_train_steps, full
         out.append(StageProjection(stage, scfg.max_train_steps,
@@ -120,15 +123,16 @@ def probe(cfg, caps: bool = True, seconds: float = 12.0) -> list[StageProjection
                    caps)
 
 
-# The stages after training (sampling, embedding, evaluation, edits) as a share of the UNet's
-# steps' time: 0.97 on the bf16 dev host, 0.60 on an AVX2-only one (docs/demo/*/timings.json).
-REST_SHARE = 0.8
+# The demo's stages after training (sampling, embedding, evaluation, edits) in UNet steps:
+# ~2,900 on the bf16 dev host, ~1,900 on an AVX2-only one (docs/demo/2026-12-01 and
+# avx2_2026-12-01, timings.json), so a rough figure, within about a quarter.
+REST_UNET_STEPS = 2400
 
 
 def rest_seconds(projections: list[StageProjection]) -> float:
-    """The stages after training, roughly (``REST_SHARE``), from the UNet's speed here."""
+    """The demo's stages after training, roughly (``REST_UNET_STEPS``), at the UNet's speed."""
     unet = next(p for p in projections if p.stage == "unet")
-    return REST_SHARE * unet.steps * unet.seconds_per_step
+    return REST_UNET_STEPS * unet.seconds_per_step
 
 
 NAMES = {"vae": "VAE", "unet": "UNet"}
