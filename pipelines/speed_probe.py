@@ -123,9 +123,9 @@ def probe(cfg, caps: bool = True, seconds: float = 12.0) -> list[StageProjection
                    caps)
 
 
-# The demo's stages after training (sampling, embedding, evaluation, edits) in UNet steps:
-# ~2,900 on the bf16 dev host, ~1,900 on an AVX2-only one (docs/demo/2026-12-01 and
-# avx2_2026-12-01, timings.json), so a rough figure, within about a quarter.
+# The demo's stages after training (sampling, embedding, evaluation, edits) in the UNet stage's
+# seconds per step: ~2,900 on the bf16 dev host, ~1,800 on an AVX2-only one before the judge's
+# map was added (docs/demo/2026-12-01 and avx2_2026-12-01, timings.json): rough, within a third.
 REST_UNET_STEPS = 2400
 
 
