@@ -30,8 +30,11 @@ browser:
 		{ apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
 	else echo "install Debian's chromium and chromium-driver as root: sudo make browser" >&2; exit 2; fi
 
+# Then the tests that compare across batch sizes, threads or code paths, again under two other
+# CPU kernel variants (AVX2-only; no vector ISA, 1 thread): a new host kind cannot surprise them.
 test: $(VENV)/.installed browser
 	$(PY) -m pytest -q tests
+	$(PY) -m tools.kernel_variants --variants ci
 
 # The browser app on the `make demo` model: http://127.0.0.1:7860
 app: $(VENV)/.installed
@@ -42,12 +45,14 @@ lint: $(VENV)/.installed
 
 # The main job on the stand-in data, every stage on the CPU demo config, timed; writes
 # $(DEMO_OUT)/report.md. Rerun to resume an interrupted run.
+# DEMO_ARGS=--no_time_caps trains every step however long the host takes (the speed check in
+# the first minute says when the time caps would cut the training short).
 demo: $(VENV)/.installed
-	$(PY) -m tools.demo --data $(DEMO_DATA) --out $(DEMO_OUT) --config configs/demo.yaml
+	$(PY) -m tools.demo --data $(DEMO_DATA) --out $(DEMO_OUT) --config configs/demo.yaml $(DEMO_ARGS)
 
 # The sharper demo: the same stages at 128 px (configs/demo128.yaml), its own time (README).
 demo128: $(VENV)/.installed
-	$(PY) -m tools.demo --data $(DEMO_DATA) --out outputs/demo128 --config configs/demo128.yaml
+	$(PY) -m tools.demo --data $(DEMO_DATA) --out outputs/demo128 --config configs/demo128.yaml $(DEMO_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_OUT) outputs/demo128

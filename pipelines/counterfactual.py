@@ -170,7 +170,8 @@ def run_edits(editor, sources: list[Source], targets: list[int], *, strength: fl
     """(N, H, W) uint8 counterfactuals at each source's native size (the model's 256x240).
 
     Each slice's noise (SDEdit's, the posterior method's draws) comes from its own seed, so
-    results do not depend on batching.
+    batching does not change what is drawn; the pixels agree across batch sizes up to float
+    rounding (a grey level), and bit for bit only at the same batch size.
     """
     from tqdm.auto import tqdm
 

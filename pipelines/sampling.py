@@ -154,7 +154,8 @@ def check_level_model(pipe: SlicePipeline, model_dir) -> None:
 def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_size: int,
              settings: dict, native_size: bool = True, latents: bool = False,
              progress: bool = True, positions=None, callback=None):
-    """``num_images`` images of one label, batched, each from its own seeded generator.
+    """``num_images`` images of one label, batched, each from its own seeded generator: the
+    same draws at any ``batch_size``, the pixels equal across batch sizes up to float rounding.
 
     ``positions``: a level-conditioned model's level, one number or one per image (None: the
     pipeline draws them). An image's seed does not depend on its level, so image i at two

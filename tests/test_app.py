@@ -26,12 +26,15 @@ from pipelines.app import (
 from pipelines.errors import UserError
 from pipelines.sampling import sample_to_folder
 
+from .tolerance import FEW_STEPS, assert_grey_levels_close
+
 
 @pytest.fixture(scope="module")
 def session(tiny_model, tiny_data):
     return AppSession(tiny_model, tiny_data)
 
 
+@pytest.mark.kernels
 def test_generate_gives_the_images_sample_py_writes(session, tiny_model, tmp_path):
     items, text, archive = generate_images(session, "both", 2, 2.0, 3, "ddim", 11)
     assert [caption for _, caption in items] == ["NC 0", "NC 1", "AD 0", "AD 1"]
@@ -128,6 +131,7 @@ def test_model_tab_shows_the_card_and_training(session):
     assert '"unet": {' in config and '"unet": {' not in text  # folded away, not lost
 
 
+@pytest.mark.kernels
 def test_two_clients_at_once_each_get_their_own_images(tiny_model, tiny_data):
     from gradio_client import Client
 
@@ -158,7 +162,10 @@ def test_two_clients_at_once_each_get_their_own_images(tiny_model, tiny_data):
     assert set(Path(tempfile.gettempdir()).glob("adni-app-*")) <= folders
     for seed in (1, 2):
         assert len(got[seed]) == 2
-        assert all(np.array_equal(a, b) for a, b in zip(got[seed], expected[seed], strict=True))
+        # the server's process and worker threads, not this one's: the same draws, pixels
+        # equal up to rounding carried through the sampler's few steps (``tolerance``)
+        for a, b in zip(got[seed], expected[seed], strict=True):
+            assert_grey_levels_close(a, b, FEW_STEPS)
     assert not np.array_equal(got[1][0], got[2][0])
 
 
@@ -221,6 +228,7 @@ def test_a_level_model_generates_at_the_requested_level(tiny_level_model, tiny_d
         generate_images(session, "AD", 1, 2.0, 3, "ddim", 5, "0.5")
 
 
+@pytest.mark.kernels
 def test_editing_a_slice_writes_what_edit_py_writes(session, tiny_model, tiny_level_model,
                                                    tiny_data, tmp_path, capsys):
     """The Edit button: edit.py's outputs for the same slice and settings; bad fields are

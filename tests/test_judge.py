@@ -11,6 +11,8 @@ from pipelines.config import EvalConfig
 from pipelines.data import SliceSet
 from pipelines.metrics import frechet_distance
 
+from .tolerance import assert_features_close
+
 SIZE = 32
 CFG = EvalConfig(judge_steps=80, judge_batch_size=32, judge_learning_rate=2e-3)
 
@@ -91,6 +93,7 @@ def test_wrong_resolution_is_refused(cached):
         cached[0].features(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
 
 
+@pytest.mark.kernels
 def test_save_load_roundtrip_gives_identical_features(cached, test_set, tmp_path):
     judge = cached[0]
     judge.save(tmp_path)
@@ -98,18 +101,21 @@ def test_save_load_roundtrip_gives_identical_features(cached, test_set, tmp_path
                                                                  tmp_path.iterdir()}
     loaded = judge_mod.Judge.load(tmp_path)
     assert loaded.resolution == SIZE and loaded.val_accuracy == judge.val_accuracy
-    np.testing.assert_array_equal(loaded.features(test_set.pixels),
-                                  judge.features(test_set.pixels))
+    weights, back = judge.model.state_dict(), loaded.model.state_dict()
+    assert all(torch.equal(weights[k], back[k]) for k in weights)  # the same numbers saved
+    # the trained judge's weights are channels-last, the loaded ones not: another convolution
+    # path, so the features agree to float tolerance (``tolerance``), not bit for bit
+    assert_features_close(loaded.features(test_set.pixels), judge.features(test_set.pixels))
 
 
+@pytest.mark.kernels
 def test_cache_is_reused_for_the_same_data_and_settings(cached, train_set, test_set):
     judge, _, folder = cached
     weights = folder / "model.safetensors"
     before = weights.stat().st_mtime_ns
     again, reused = judge_mod.judge_for(train_set, CFG, folder, progress=False)
     assert reused and weights.stat().st_mtime_ns == before
-    np.testing.assert_array_equal(again.features(test_set.pixels),
-                                  judge.features(test_set.pixels))
+    assert_features_close(again.features(test_set.pixels), judge.features(test_set.pixels))
     info = json.loads((folder / "judge.json").read_text())
     assert info["data_fingerprint"] == judge_mod.data_fingerprint(train_set)
     assert info["resolution"] == SIZE

@@ -58,6 +58,7 @@ def test_reload_and_sample_both_labels(tiny_model, scheduler):
     assert pil.size == (256, 240) and pil.mode == "L"
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("scheduler", ["dpmsolver++", "sde-dpmsolver++"])
 def test_images_do_not_depend_on_batch_size(tiny_model, scheduler):
     pipe = load_pipeline(tiny_model)  # the SDE sampler's noise comes from each image's generator
@@ -69,6 +70,7 @@ def test_images_do_not_depend_on_batch_size(tiny_model, scheduler):
     np.testing.assert_allclose(big.astype(int), small.astype(int), atol=1)
 
 
+@pytest.mark.kernels
 def test_guidance_interval_guides_only_its_noise_levels(tiny_model, tmp_path):
     pipe = load_pipeline(tiny_model)
     pipe.set_progress_bar_config(disable=True)
@@ -179,6 +181,7 @@ def test_latent_cache_is_keyed_by_vae_and_data(tiny_vae_run, tiny_data, tmp_path
     assert samples.shape == (4, 2, 16, 16)
 
 
+@pytest.mark.kernels
 def test_sample_cli_writes_pngs_grid_and_sidecar(tiny_model, tmp_path):
     out = tmp_path / "s"
     run_script("sample.py", "--model", tiny_model, "--label", "AD", "--num_images", "3",
@@ -252,6 +255,7 @@ def test_level_condition_changes_the_output_and_guidance_stays_on_the_label(tiny
     assert torch.equal(latents("AD", 0.0), low)  # deterministic
 
 
+@pytest.mark.kernels
 def test_level_model_samples_at_requested_levels_after_reload(tiny_level_model, tmp_path):
     pipe = load_pipeline(tiny_level_model)
     settings = sampling_settings(pipe, num_inference_steps=2)

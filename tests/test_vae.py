@@ -34,6 +34,7 @@ def _rgb_vae():
                          norm_num_groups=4, sample_size=16)
 
 
+@pytest.mark.kernels
 def test_rgb_vae_adapted_to_grey_gives_same_latent_and_output(tmp_path):
     torch.manual_seed(0)
     rgb = _rgb_vae().eval()

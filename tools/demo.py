@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines import counterfactual_axioms as axioms
+from pipelines import speed_probe
 from pipelines.cli import script_parser
 from pipelines.config import load_config
 from pipelines.embedding import READING_HEADING
@@ -40,18 +41,20 @@ EMBEDDINGS = (("embedding", "The VAE latents (the diffusion model's space)"),
 # (folder, what is mapped): the latents are the design's map; the judge's is where the label shows
 
 
-def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
+def stages(config: str, data: Path, out: Path,
+           caps: bool = True) -> list[tuple[str, list[str]]]:
     py = sys.executable
+    lift = [] if caps else ["--max_train_minutes", "0"]  # every step of the budget, however long
     return [
         ("stand-in data", [py, "-m", "tools.phantom", "--out", str(data), "--counterfactuals",
                            str(PAIR_PATIENTS)]),
         ("inspect", [py, "-m", "pipelines.data", "inspect", str(data)]),
         ("train VAE", [py, "train_vae.py", "--config", config, "--data", str(data),
                        "--output_dir", str(out / "vae_run"), "--resume_from_checkpoint",
-                       "latest"]),
+                       "latest", *lift]),
         ("train UNet", [py, "train_unet.py", "--config", config, "--vae",
                         str(out / "vae_run" / "vae"), "--data", str(data), "--output_dir",
-                        str(out / "model"), "--resume_from_checkpoint", "latest"]),
+                        str(out / "model"), "--resume_from_checkpoint", "latest", *lift]),
         ("sample", [py, "sample.py", "--model", str(out / "model"), "--label", "all",
                     "--out", str(out / "samples")]),
         ("embed", [py, "embed.py", "--model", str(out / "model"), "--data", str(data),
@@ -68,11 +71,44 @@ def stages(config: str, data: Path, out: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run_stages(config: str, data: Path, out: Path) -> dict:
+LIFT_FLAG = "--no_time_caps"
+SMALLER = ("a smaller config (a copy of configs/demo.yaml with lower max_train_steps; the "
+           "models and targets then differ from the documented ones)")
+
+
+def speed_check(config: str, out: Path, caps: bool, seconds: float = 12.0) -> dict | None:
+    """Time ``seconds`` of training steps of the VAE and the UNet here, print each stage's projected
+    time and, when a step budget cannot fit its time cap, a warning with what to do. Recorded in
+    OUT/speed_check.json (the report's "Host speed"). Skipped once the UNet has trained."""
+    if (out / "model" / "metrics.json").is_file():
+        return None
+    print("=== speed check: a few training steps of each model on this host", flush=True)
+    t0 = time.time()
+    projections = speed_probe.probe(load_config(config), caps, seconds)
+    rest = speed_probe.rest_seconds(projections)
+    training = sum(p.seconds for p in projections)
+    lines = speed_probe.summary_lines(projections) + [
+        f"projected: training ~{training / 60:.1f} min, the stages after it roughly "
+        f"~{rest / 60:.0f} min more"]
+    warning = speed_probe.warning_lines(projections, f"{LIFT_FLAG} (`make demo DEMO_ARGS="
+                                        f"{LIFT_FLAG}`)", SMALLER)
+    print("\n".join(lines), flush=True)
+    if warning:
+        print("\n" + "\n".join(warning) + "\n", file=sys.stderr, flush=True)
+    record = {"seconds": round(time.time() - t0, 1), "caps": caps,
+              "stages": speed_probe.as_record(projections),
+              "projected_training_seconds": round(training, 1),
+              "projected_rest_seconds": round(rest, 1), "lines": lines, "warning": warning}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "speed_check.json", record)
+    return record
+
+
+def run_stages(config: str, data: Path, out: Path, caps: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     t_all = time.time()
-    todo = stages(config, data, out)
+    todo = stages(config, data, out, caps)
     for i, (name, cmd) in enumerate(todo, 1):
         print(f"\n=== [{i}/{len(todo)}] {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.time()
@@ -260,6 +296,26 @@ def counterfactual_targets(truth: dict) -> list[str]:
     return rows
 
 
+def host_speed_section(check: dict, timing: dict, vae: dict, unet: dict) -> list[str]:
+    """The speed check's projection beside what the training stages then took."""
+    if not check:
+        return []
+    took = timing.get("stages_seconds", {}) if timing else {}
+    rows = ["## Host speed", "", "Measured before training (`tools/demo.py`'s speed check):",
+            "", *[f"- {line}" for line in check["lines"]], ""]
+    if check["warning"]:
+        rows += ["```", *check["warning"], "```", ""]
+    rows += ["| stage | projected | took | steps projected | steps trained |",
+             "|---|---|---|---|---|"]
+    for p, name, metrics in zip(check["stages"], ("train VAE", "train UNet"), (vae, unet),
+                                strict=True):
+        seconds = took.get(name)
+        rows.append(f"| {name} | {p['seconds'] / 60:.1f} min | "
+                    f"{'-' if seconds is None else f'{seconds / 60:.1f} min'} | "
+                    f"{p['steps_reached']} | {metrics.get('steps', '-')} |")
+    return rows + [""]
+
+
 def write_report(data: Path, out: Path) -> Path:
     timing, vae = _load(out / "timings.json"), _load(out / "vae_run" / "metrics.json")
     unet, ev = _load(out / "model" / "metrics.json"), _load(out / "eval" / "metrics.json")
@@ -274,6 +330,7 @@ def write_report(data: Path, out: Path) -> Path:
         lines += ["Slice levels from the lowest (left) to the highest (right); rows: real NC, "
                   "generated NC, real AD, generated AD.", "", "![levels](levels.png)", ""]
     lines += ["## Targets", "", *targets(timing, vae, ev), ""]
+    lines += host_speed_section(_load(out / "speed_check.json"), timing, vae, unet)
     if timing:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in timing["stages_seconds"].items()]
@@ -315,11 +372,16 @@ def main(argv=None):
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--report_only", action="store_true", help="rewrite report.md only")
+    parser.add_argument(LIFT_FLAG, action="store_true",
+                        help="train every step of the VAE's and the UNet's budgets however long "
+                             "it takes (the config's max_train_minutes lifted)")
     args = parser.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     load_config(args.config)  # a missing or bad config stops here, before any stage runs
     if not args.report_only:
-        run_stages(args.config, data, out)
+        caps = not args.no_time_caps
+        speed_check(args.config, out, caps)
+        run_stages(args.config, data, out, caps)
     path = write_report(data, out)
     print(f"\nreport: {path}")
     print("\n".join(targets(_load(out / "timings.json"), _load(out / "vae_run" / "metrics.json"),

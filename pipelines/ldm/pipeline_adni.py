@@ -300,7 +300,8 @@ class ADNIDiffusionPipeline(SlicePipeline):
             guidance_scale: 1 = conditional model alone; > 1 pushes away from the unconditional
                 (default: the model's saved value).
             num_inference_steps: sampler steps (default: the model's saved value).
-            generator: one generator, or one per image (results then do not depend on batching).
+            generator: one generator, or one per image (each image then draws the same noise
+                at any batch size; its numbers equal to float rounding, not bit for bit).
             output_type: "pil", "np" (float [0, 1], NHWC), "pt" (float [0, 1], NCHW) or
                 "latent" (the scaled latents).
             native_size: crop to the native 256x240 slice (True) or keep the model's square.
