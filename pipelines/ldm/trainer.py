@@ -87,7 +87,7 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
                cache_dir: str | Path | None = None, overwrite: bool = False) -> dict:
     validate(cfg)
     output_dir = claim_run_dir(output_dir, "unet", resume, overwrite,
-                               reads=tuple(p for p in (vae_path, data_root, cache_dir) if p))
+                               reads=(vae_path, data_root), config=cfg)
     ucfg = cfg.unet
     accelerator = make_accelerator(ucfg, output_dir)
     vae = load_vae(vae_path).to(accelerator.device).eval().requires_grad_(False)
