@@ -25,7 +25,12 @@ against the stand-in set's paired truth:
     python edit.py --model outputs/demo/model --data data/phantom --evaluate [--num_images 12]
 """
 
-from pipelines.cli import model_script_parser, parse_slice_positions
+from pipelines.cli import (
+    check_image_count,
+    model_script_parser,
+    parse_slice_positions,
+    seed_arg,
+)
 from pipelines.config import check_positive
 from pipelines.counterfactual import (
     DEFAULT_METHOD,
@@ -81,7 +86,7 @@ def main(argv=None):
                              "the source as guide, then gathered on the source's edges within "
                              "each model pixel (edges), the guided filter only (guided), or "
                              "resized only (none)")
-    parser.add_argument("--seed", type=int, default=0, help="SDEdit's noise")
+    seed_arg(parser, 0, help="SDEdit's noise")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--evaluate", action="store_true", help="instead: score edits of both "
                         "directions, the other method and the mean-difference baseline against "
@@ -100,6 +105,7 @@ def main(argv=None):
     check_positive(batch_size=batch_size)
     if args.num_images is not None:
         check_positive(num_images=args.num_images)
+        check_image_count("--num_images", args.num_images)
     if args.evaluate:
         pairs = read_pairs(args.data, args.num_images)
     elif args.image:

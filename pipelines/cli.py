@@ -45,6 +45,40 @@ def true_false(text: str) -> bool:
     return text.lower() == "true"
 
 
+MAX_SEED = 2**32 - 1  # the config's seed rule; larger seeds would wrap onto smaller ones
+MAX_IMAGES = 100_000  # per label: more is a typo, not a sample (sample.py writes as it goes)
+
+
+def whole_number(low: int, high: int, why: str = ""):
+    """An argparse type: an integer in [low, high] (``why``: the reason for the bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low:,} to "
+                                             f"{high:,}{why}, got {value:,}")
+        return value
+
+    return parse
+
+
+def seed_arg(parser: argparse.ArgumentParser, default, help: str | None = None) -> None:
+    """--seed, range-checked: a seed past the range would silently wrap onto another."""
+    parser.add_argument("--seed", type=whole_number(0, MAX_SEED, " (2**32 - 1)"),
+                        default=default, help=help)
+
+
+def check_image_count(flag: str, value: int, low: int = 1) -> int:
+    """An image count from ``low`` to :data:`MAX_IMAGES`, or a UserError naming the flag."""
+    if not low <= value <= MAX_IMAGES:
+        raise UserError(f"{flag} must be a whole number from {low} to {MAX_IMAGES:,} per label "
+                        f"(larger counts are typos: split a big sample into runs), got {value:,}")
+    return value
+
+
 def add_run_args(parser: argparse.ArgumentParser, default_output: str) -> None:
     """The flags both trainers take besides the config: data, output folder, resume."""
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder (train/ test/)")
@@ -60,7 +94,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling (default: the settings saved with the model)")
     group.add_argument("--scheduler", default=None, choices=list(SCHEDULERS))
     group.add_argument("--num_inference_steps", type=int, default=None)
-    group.add_argument("--guidance_scale", type=float, default=None,
+    group.add_argument("--guidance_scale", type=float, default=None, metavar="1..100",
                        help="classifier-free guidance; 1 = no guidance, larger = more typical")
     group.add_argument("--guidance_interval", type=float, nargs=2, default=None,
                        metavar=("LOW", "HIGH"),

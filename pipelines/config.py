@@ -256,7 +256,8 @@ RULES = {
     "beta_schedule": one_of("linear", "scaled_linear", "squaredcos_cap_v2"),
     "scheduler": one_of(*SCHEDULERS),
     "embed_method": one_of("umap", "tsne"),
-    "guidance_scale": Rule("a finite number >= 1 (1 = no guidance)", 1),
+    "guidance_scale": Rule("a number from 1 (no guidance) to 100 (beyond, the guided step "
+                           "saturates every pixel)", 1, 100),
     "guidance_interval": Rule("[] (guidance at every step) or [low, high] finite noise levels "
                               "with 0 <= low < high", items="interval"),
     "num_train_timesteps": Rule("an integer from 2 to 10,000", 2, 10_000),
