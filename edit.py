@@ -64,7 +64,8 @@ def main(argv=None):
     parser.add_argument("--slice_position", default=None, metavar="P",
                         help="a level-conditioned model: the --image slices' level in [0, 1] "
                              "(default: from the patient's other slices beside each file)")
-    parser.add_argument("--split", default="test", help="with --data: the split to edit")
+    parser.add_argument("--split", default="test", choices=("train", "test"),
+                        help="with --data: the split to edit")
     parser.add_argument("--num_images", type=int, default=None, help="with --data: slices "
                         "spread over the split (default 8); with --evaluate: per direction, "
                         "spread over the pairs (default: all)")
@@ -115,6 +116,10 @@ def main(argv=None):
     else:
         sources = sources_from_data(args.data, args.split, args.num_images or 8)
     pipe = load_pipeline(args.model, args.device)
+    if not pipe.sampling_settings():
+        raise UserError(f"{args.model} is a {type(pipe).__name__}, which has no encoder to edit "
+                        "a slice with; pass a latent diffusion model (train_unet.py's "
+                        "OUTPUT_DIR)")
     if args.slice_position is not None:
         check_level_model(pipe, args.model)
     settings = sampling_settings(pipe, num_inference_steps=args.num_inference_steps,

@@ -22,7 +22,8 @@ from pipelines.errors import cli_entry
 @cli_entry
 def main(argv=None):
     parser = model_script_parser(__doc__, "MODEL/embedding", data=True)
-    parser.add_argument("--split", default="test", help="train | test")
+    parser.add_argument("--split", default="test", choices=("train", "test"),
+                        help="train | test")
     parser.add_argument("--method", default=None,
                         help=f"{' | '.join(METHODS)} (default: the model config's "
                              "eval.embed_method)")

@@ -84,6 +84,9 @@ def read_source(path, label=None, position: float | None = None) -> Source:
     """A slice file -> Source; the label is given or the name of its folder (AD/NC); the level
     is given or read from the patient's other slices beside it (``level_beside``)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--image {path} is a folder; give slice files (e.g. {path}/*.jpeg), or "
+                        "the data set with --data and --split")
     if not path.is_file():
         raise UserError(f"--image {path}: no such file")
     if label is None:
