@@ -62,6 +62,11 @@ def check_writable_dir(path: str | Path, flag: str = "--output_dir", reads=()) -
     inside (or holds) one of the input folders ``reads``."""
     path = Path(path)
     check_apart(path, reads, flag)
+    data = data_set_above(path)
+    if data is not None:
+        raise UserError(f"{flag} {path} is inside the data set {data}: its files would be read "
+                        "as slices (inspect and the trainers count them); pick a folder outside "
+                        "it")
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder; pick a folder path")
     try:
@@ -73,6 +78,17 @@ def check_writable_dir(path: str | Path, flag: str = "--output_dir", reads=()) -
         raise UserError(f"{flag} {path} cannot be written ({err.strerror}); pick a folder you "
                         "can write to") from None
     return path
+
+
+def data_set_above(path: str | Path) -> Path | None:
+    """The AD_NC data set (a folder with train/ or test/ holding AD/ or NC/) that ``path`` lies
+    in, if any."""
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        if any((folder / split / label).is_dir() for split in ("train", "test")
+               for label in ("AD", "NC")):
+            return folder
+    return None
 
 
 def check_apart(out: str | Path, reads=(), flag: str = "--out") -> None:
