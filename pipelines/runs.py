@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -211,13 +212,32 @@ def config_changes(run_dir: Path, kind: str, config) -> list[str]:
     return changes
 
 
+def folder_digest(path: str | Path) -> str | None:
+    """SHA-256 of a model folder's JSON and weight files (a pipeline folder: its vae/), or None
+    where there is none: which model a run read, whatever folder it now lies in."""
+    path = Path(path)
+    if (path / "vae" / "config.json").is_file():
+        path = path / "vae"
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.suffix in (".json", ".safetensors")):
+        digest.update(file.relative_to(path).as_posix().encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def claim_run_dir(run_dir: str | Path, kind: str, resume: str | None = None,
-                  overwrite: bool = False, reads: tuple = (), config=None) -> Path:
+                  overwrite: bool = False, reads: tuple = (), config=None,
+                  inputs: dict | None = None) -> Path:
     """Check, lock and mark ``run_dir`` for a run of ``kind`` (main rank only; others no-op).
 
     ``reads``: paths this run reads (the data, the VAE), which the run folder may neither lie
-    in nor hold. ``config``: the run's settings, compared on resume with the saved ones. A
-    refused claim leaves the folder as it found it.
+    in nor hold. ``config``: the run's settings, compared on resume with the saved ones;
+    ``inputs``: fingerprints of what it reads (e.g. the VAE's ``folder_digest``), recorded in
+    ``run.json`` and compared on resume too. A refused claim leaves the folder as it found it.
     """
     run_dir = Path(run_dir)
     if not is_main_rank():
@@ -228,20 +248,28 @@ def claim_run_dir(run_dir: str | Path, kind: str, resume: str | None = None,
     had_lock = (run_dir / LOCK_FILE).exists()
     _lock(run_dir)
     try:
-        _check_claim(run_dir, kind, resume, overwrite, config)
+        _check_claim(run_dir, kind, resume, overwrite, config, inputs or {})
     except BaseException:
         release_run_dir(run_dir, remove=not had_lock)  # a lock file found there stays
         if not existed:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     record = {"kind": kind, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "argv": sys.argv}
+              "argv": sys.argv, "inputs": inputs or {}}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return run_dir
 
 
+def _saved_inputs(run_dir: Path) -> dict:
+    try:
+        saved = json.loads((run_dir / RUN_FILE).read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def _check_claim(run_dir: Path, kind: str, resume: str | None, overwrite: bool,
-                 config) -> None:
+                 config, inputs: dict) -> None:
     """The deletion policy and the resume contract; deletes only a run's own entries."""
     contents = _contents(run_dir)
     other = _kind_of(run_dir)
@@ -265,6 +293,13 @@ def _check_claim(run_dir: Path, kind: str, resume: str | None, overwrite: bool,
                                 f"({_names(results)}) but no checkpoint to continue from; it is "
                                 "left as it is. Replace it with --overwrite, or pick another "
                                 "--output_dir")
+        saved = _saved_inputs(run_dir)
+        changed = [f"--{k}" for k, v in inputs.items() if saved.get(k) not in (None, v)]
+        if changed:
+            raise UserError(f"--resume_from_checkpoint continues {run_dir}, which was trained "
+                            f"on another {' and '.join(changed)} (its files differ from the "
+                            "ones given now): a resumed run must read the same model; give "
+                            "that one, or start afresh with --overwrite or another --output_dir")
         changes = config_changes(run_dir, kind, config)
         if changes:
             raise UserError(f"--resume_from_checkpoint continues {run_dir} with the settings it "

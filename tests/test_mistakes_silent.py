@@ -269,3 +269,18 @@ def test_a_finished_run_leaves_no_lock(tiny_data, tmp_path):
     run_script("train_vae.py", *train_vae_args(tiny_data, out, "--max_train_steps", "1"))
     assert json.loads((out / "run.json").read_text())["kind"] == "vae"
     assert not (out / ".lock").exists()
+
+
+def test_resume_on_another_vae_is_refused(tiny_vae_run, tmp_path):
+    from pipelines.runs import folder_digest
+
+    run = tmp_path / "unet_run"
+    vae = folder_digest(tiny_vae_run / "vae")
+    assert vae == folder_digest(tiny_vae_run) and vae is not None  # a run folder: its vae/
+    claim_run_dir(run, "unet", inputs={"vae": vae})
+    release_run_dir(run)
+    (run / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    with pytest.raises(UserError, match="trained on another --vae"):
+        claim_run_dir(run, "unet", "latest", inputs={"vae": "0" * 64})
+    claim_run_dir(run, "unet", "latest", inputs={"vae": vae})  # the same VAE: continues
+    release_run_dir(run)
