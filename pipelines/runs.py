@@ -271,6 +271,9 @@ def _saved_inputs(run_dir: Path) -> dict:
 def _check_claim(run_dir: Path, kind: str, resume: str | None, overwrite: bool,
                  config, inputs: dict) -> None:
     """The deletion policy and the resume contract; deletes only a run's own entries."""
+    if resume and resume != "latest" and not (Path(resume) / "trainer_state.json").is_file():
+        raise UserError(f"--resume_from_checkpoint {resume} is not a checkpoint folder; use "
+                        "'latest' or a checkpoint-N folder under OUTPUT_DIR/checkpoints")
     contents = _contents(run_dir)
     other = _kind_of(run_dir)
     legacy_run = other is None and _has_checkpoint(run_dir)  # a run saved before run.json
