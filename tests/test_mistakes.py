@@ -126,7 +126,7 @@ def test_unet_into_a_vae_run_is_refused_even_with_resume(vae_run_copy, tiny_data
         proc = run_script("train_unet.py", "--config", TINY, "--vae", vae_run_copy / "vae",
                           "--data", tiny_data, "--output_dir", vae_run_copy, *extra, check=False)
         assert proc.returncode == 2, proc.stderr
-        assert "vae run" in proc.stderr or "which this run reads" in proc.stderr, proc.stderr
+        assert "vae run" in proc.stderr or "which this command reads" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert tree_hash(vae_run_copy) == before
 
