@@ -19,12 +19,22 @@ DEFAULT_VAE = Path("outputs/demo/vae_run/vae")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
+class Once(argparse.Action):
+    """A flag that may be given once: argparse would silently keep the last of two."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, f"_seen_{self.dest}", False):
+            parser.error(f"{option_string} is given twice; give it once")
+        setattr(namespace, f"_seen_{self.dest}", True)
+        setattr(namespace, self.dest, values)
+
+
 def script_parser(doc: str, *, config: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if config:
         default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
-        parser.add_argument("--config", default=default,
+        parser.add_argument("--config", default=default, action=Once,
                             help="YAML experiment file (default: the demo's configs/demo.yaml); "
                                  "any of its keys can also be given as --key value or "
                                  "--section.key value")
