@@ -19,22 +19,27 @@ DEFAULT_VAE = Path("outputs/demo/vae_run/vae")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-class Once(argparse.Action):
-    """A flag that may be given once: argparse would silently keep the last of two."""
+class ScriptParser(argparse.ArgumentParser):
+    """argparse, but a flag given twice is an error (argparse silently keeps the last)."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, f"_seen_{self.dest}", False):
-            parser.error(f"{option_string} is given twice; give it once")
-        setattr(namespace, f"_seen_{self.dest}", True)
-        setattr(namespace, self.dest, values)
+    def parse_known_args(self, args=None, namespace=None):
+        import sys
+
+        tokens = list(sys.argv[1:] if args is None else args)
+        flags = [t.split("=", 1)[0] for t in tokens if t.startswith("--")]
+        known = {o for action in self._actions for o in action.option_strings}
+        for flag in known.intersection(flags):
+            if flags.count(flag) > 1:
+                self.error(f"{flag} is given twice; give it once")
+        return super().parse_known_args(args, namespace)
 
 
 def script_parser(doc: str, *, config: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
+    parser = ScriptParser(description=doc, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if config:
         default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
-        parser.add_argument("--config", default=default, action=Once,
+        parser.add_argument("--config", default=default,
                             help="YAML experiment file (default: the demo's configs/demo.yaml); "
                                  "any of its keys can also be given as --key value or "
                                  "--section.key value")

@@ -457,6 +457,7 @@ def load_config(
             if name not in SECTIONS:
                 raise UserError(f"unknown config section '{name}' in {path}; valid: {SECTIONS}")
             _apply(getattr(cfg, name), name, values or {}, str(path))
+    given = set()
     for key, value in _pairs(overrides or []):
         if "." in key:
             name, key = key.split(".", 1)
@@ -464,6 +465,10 @@ def load_config(
                 raise UserError(f"unknown config section in '--{name}.{key}'; valid: {SECTIONS}")
         else:
             name = _resolve_flat_key(key, section)
+        if (name, key) in given:
+            raise UserError(f"config key {name}.{key} is given twice on the command line; give "
+                            "it once")
+        given.add((name, key))
         _apply(getattr(cfg, name), name, {key: _parse_value(value)}, f"--{key}")
     check_config(cfg)
     return cfg
