@@ -284,3 +284,17 @@ def test_resume_on_another_vae_is_refused(tiny_vae_run, tmp_path):
         claim_run_dir(run, "unet", "latest", inputs={"vae": "0" * 64})
     claim_run_dir(run, "unet", "latest", inputs={"vae": vae})  # the same VAE: continues
     release_run_dir(run)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--config", TINY, "--config", TINY], ["--config is given twice"]),
+    (["--config", TINY, "--max_train_steps", "3", "--vae.max_train_steps", "4"],
+     ["vae.max_train_steps is given twice"]),
+    (["--config", TINY, "--resume_from_checkpoint", "lastest"], ["lastest", "'latest'"]),
+])
+def test_what_argparse_would_drop_silently(args, words, vae_run_copy, tiny_data, capsys):
+    before = tree_hash(vae_run_copy)
+    code, err = run_main("train_vae.py", *args, "--data", tiny_data, "--output_dir",
+                         vae_run_copy, capsys=capsys)
+    assert code == 2 and all(w in err for w in words), err
+    assert tree_hash(vae_run_copy) == before
