@@ -254,8 +254,10 @@ def claim_run_dir(run_dir: str | Path, kind: str, resume: str | None = None,
         if not existed:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    # a resume keeps the inputs the run began with (none known: a run saved before they were)
+    recorded = _saved_inputs(run_dir) if resume and not overwrite else (inputs or {})
     record = {"kind": kind, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "argv": sys.argv, "inputs": inputs or {}}
+              "argv": sys.argv, "inputs": recorded}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return run_dir
 
