@@ -254,8 +254,9 @@ def claim_run_dir(run_dir: str | Path, kind: str, resume: str | None = None,
         if not existed:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    # a resume keeps the inputs the run began with (none known: a run saved before they were)
-    recorded = _saved_inputs(run_dir) if resume and not overwrite else (inputs or {})
+    # a run that continues keeps the inputs it began with (none known: saved before they were)
+    continuing = resume and not overwrite and _has_checkpoint(run_dir)
+    recorded = _saved_inputs(run_dir) if continuing else (inputs or {})
     record = {"kind": kind, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "argv": sys.argv, "inputs": recorded}
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
