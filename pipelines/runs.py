@@ -108,10 +108,11 @@ def check_apart(out: str | Path, reads=(), flag: str = "--out") -> None:
                             "folder that does not contain its inputs")
 
 
-def _lock(run_dir: Path) -> None:
+def _lock(run_dir: Path) -> str:
+    """Take the folder's lock; returns what its lock file said before (a stale run's name)."""
     path = run_dir / LOCK_FILE
     if str(path.resolve()) in _HELD:  # this process holds it already (a second run in-process)
-        return
+        return ""
     handle = open(path, "a+")  # noqa: SIM115  (held open until the process ends)
     handle.seek(0)
     previous = handle.read().strip()
@@ -129,6 +130,7 @@ def _lock(run_dir: Path) -> None:
     handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
     handle.flush()
     _HELD[str(path.resolve())] = handle
+    return previous
 
 
 def release_run_dir(run_dir: str | Path, remove: bool = True) -> None:
@@ -246,11 +248,13 @@ def claim_run_dir(run_dir: str | Path, kind: str, resume: str | None = None,
     existed = run_dir.exists()
     check_writable_dir(run_dir)
     had_lock = (run_dir / LOCK_FILE).exists()
-    _lock(run_dir)
+    previous = _lock(run_dir)
     try:
         _check_claim(run_dir, kind, resume, overwrite, config, inputs or {})
     except BaseException:
-        release_run_dir(run_dir, remove=not had_lock)  # a lock file found there stays
+        release_run_dir(run_dir, remove=not had_lock)
+        if had_lock:  # a lock file found there stays, as it was
+            (run_dir / LOCK_FILE).write_text(previous + "\n" if previous else "")
         if not existed:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
