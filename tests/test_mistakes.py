@@ -294,7 +294,7 @@ def test_evaluation_mistakes(tiny_model, tiny_data, tmp_path, script, args, word
     (["--image", "README.md"], ["its label is unknown", "--label"]),
     (["--image", "README.md", "--label", "MCI"], ["unknown label 'MCI'"]),
     (["--image", "README.md", "--label", "AD"], ["not a readable image"]),
-    (["--draws", "0"], ["--draws", "whole number >= 1"]),
+    (["--draws", "0"], ["--draws", "whole number from 1 to 1000"]),
     (["--change_from", "reconstruction"], ["--change_from reconstruction", "--method posterior",
                                            "--method inversion"]),
 ])
