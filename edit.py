@@ -25,7 +25,12 @@ against the stand-in set's paired truth:
     python edit.py --model outputs/demo/model --data data/phantom --evaluate [--num_images 12]
 """
 
-from pipelines.cli import model_script_parser, parse_slice_positions
+from pipelines.cli import (
+    check_image_count,
+    model_script_parser,
+    parse_slice_positions,
+    seed_arg,
+)
 from pipelines.config import check_positive
 from pipelines.counterfactual import (
     DEFAULT_METHOD,
@@ -59,7 +64,8 @@ def main(argv=None):
     parser.add_argument("--slice_position", default=None, metavar="P",
                         help="a level-conditioned model: the --image slices' level in [0, 1] "
                              "(default: from the patient's other slices beside each file)")
-    parser.add_argument("--split", default="test", help="with --data: the split to edit")
+    parser.add_argument("--split", default="test", choices=("train", "test"),
+                        help="with --data: the split to edit")
     parser.add_argument("--num_images", type=int, default=None, help="with --data: slices "
                         "spread over the split (default 8); with --evaluate: per direction, "
                         "spread over the pairs (default: all)")
@@ -81,7 +87,7 @@ def main(argv=None):
                              "the source as guide, then gathered on the source's edges within "
                              "each model pixel (edges), the guided filter only (guided), or "
                              "resized only (none)")
-    parser.add_argument("--seed", type=int, default=0, help="SDEdit's noise")
+    seed_arg(parser, 0, help="SDEdit's noise")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--evaluate", action="store_true", help="instead: score edits of both "
                         "directions, the other method and the mean-difference baseline against "
@@ -100,6 +106,7 @@ def main(argv=None):
     check_positive(batch_size=batch_size)
     if args.num_images is not None:
         check_positive(num_images=args.num_images)
+        check_image_count("--num_images", args.num_images)
     if args.evaluate:
         pairs = read_pairs(args.data, args.num_images)
     elif args.image:
@@ -109,6 +116,10 @@ def main(argv=None):
     else:
         sources = sources_from_data(args.data, args.split, args.num_images or 8)
     pipe = load_pipeline(args.model, args.device)
+    if not pipe.sampling_settings():
+        raise UserError(f"{args.model} is a {type(pipe).__name__}, which has no encoder to edit "
+                        "a slice with; pass a latent diffusion model (train_unet.py's "
+                        "OUTPUT_DIR)")
     if args.slice_position is not None:
         check_level_model(pipe, args.model)
     settings = sampling_settings(pipe, num_inference_steps=args.num_inference_steps,

@@ -14,7 +14,7 @@ scaled posterior means; judge = features of the AD/NC classifier trained on the 
 guidance unless --scheduler, --num_inference_steps or --guidance_scale say otherwise.
 """
 
-from pipelines.cli import model_script_parser, sampling_overrides
+from pipelines.cli import check_image_count, model_script_parser, sampling_overrides, seed_arg
 from pipelines.embedding import METHODS, SPACES, run_embedding
 from pipelines.errors import cli_entry
 
@@ -22,7 +22,8 @@ from pipelines.errors import cli_entry
 @cli_entry
 def main(argv=None):
     parser = model_script_parser(__doc__, "MODEL/embedding", data=True)
-    parser.add_argument("--split", default="test", help="train | test")
+    parser.add_argument("--split", default="test", choices=("train", "test"),
+                        help="train | test")
     parser.add_argument("--method", default=None,
                         help=f"{' | '.join(METHODS)} (default: the model config's "
                              "eval.embed_method)")
@@ -32,8 +33,9 @@ def main(argv=None):
     parser.add_argument("--max_images", type=int, default=None,
                         help="cap on real slices, every k-th file kept (default: the model "
                              "config's eval.max_real_images)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the map and the sampling")
+    seed_arg(parser, 0, help="seeds the map and the sampling")
     args = parser.parse_args(argv)
+    check_image_count("--with_generated", args.with_generated, low=0)
     out = args.out or f"{args.model}/embedding"
     record = run_embedding(args.model, args.data, out, split=args.split, method=args.method,
                            space=args.space, with_generated=args.with_generated,

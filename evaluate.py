@@ -14,7 +14,7 @@ slices generated at levels evenly spaced from 0 to 1, and recall per level third
 
 import torch
 
-from pipelines.cli import model_script_parser, sampling_overrides
+from pipelines.cli import check_image_count, model_script_parser, sampling_overrides, seed_arg
 from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
@@ -33,7 +33,7 @@ from pipelines.vae.trainer import reconstruct
 def main(argv=None):
     parser = model_script_parser(__doc__, "MODEL/eval", data=True)
     parser.add_argument("--num_images", type=int, default=None, help="generated per label")
-    parser.add_argument("--seed", type=int, default=0)
+    seed_arg(parser, 0)
     parser.add_argument("--inception_weights", default=None,
                         help="local torch-fidelity Inception weights for ImageNet FID (optional)")
     args = parser.parse_args(argv)
@@ -42,6 +42,7 @@ def main(argv=None):
     check_positive(num_images=num_images)
     if num_images < 2:
         raise UserError("--num_images must be at least 2 (diversity needs pairs)")
+    check_image_count("--num_images", num_images, low=2)
     pipe = load_pipeline(args.model, args.device)
     settings = sampling_settings(pipe, **sampling_overrides(args))
 

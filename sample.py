@@ -12,7 +12,13 @@ The sampler, steps and guidance are the ones saved with the model unless a flag 
 the level in the patient's stack, 0 = lowest slice, 1 = highest; 'all K' gives K levels evenly.
 """
 
-from pipelines.cli import model_script_parser, parse_slice_positions, sampling_overrides
+from pipelines.cli import (
+    check_image_count,
+    model_script_parser,
+    parse_slice_positions,
+    sampling_overrides,
+    seed_arg,
+)
 from pipelines.config import check_positive
 from pipelines.errors import UserError, cli_entry
 from pipelines.sampling import sample_to_folder, saved_config
@@ -24,7 +30,7 @@ def main(argv=None):
     parser = model_script_parser(__doc__, "MODEL/samples_cli", data=False)
     parser.add_argument("--label", default="all", help=f"{' | '.join(CLASS_NAMES)} | all")
     parser.add_argument("--num_images", type=int, default=None, help="images per label")
-    parser.add_argument("--seed", type=int, default=None)
+    seed_arg(parser, None)
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--slice_position", nargs="+", default=None, metavar="P | all K",
                         help="level-conditioned models: level in [0, 1] (0 = a patient's lowest "
@@ -35,6 +41,7 @@ def main(argv=None):
     num_images = defaults.num_images if args.num_images is None else args.num_images
     batch_size = defaults.batch_size if args.batch_size is None else args.batch_size
     check_positive(num_images=num_images, batch_size=batch_size)
+    check_image_count("--num_images", num_images)
     if args.label.lower() == "all":
         labels = list(CLASS_NAMES)
     else:

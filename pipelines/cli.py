@@ -19,8 +19,23 @@ DEFAULT_VAE = Path("outputs/demo/vae_run/vae")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
+class ScriptParser(argparse.ArgumentParser):
+    """argparse, but a flag given twice is an error (argparse silently keeps the last)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        import sys
+
+        tokens = list(sys.argv[1:] if args is None else args)
+        flags = [t.split("=", 1)[0] for t in tokens if t.startswith("--")]
+        known = {o for action in self._actions for o in action.option_strings}
+        for flag in known.intersection(flags):
+            if flags.count(flag) > 1:
+                self.error(f"{flag} is given twice; give it once")
+        return super().parse_known_args(args, namespace)
+
+
 def script_parser(doc: str, *, config: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
+    parser = ScriptParser(description=doc, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if config:
         default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
@@ -45,6 +60,40 @@ def true_false(text: str) -> bool:
     return text.lower() == "true"
 
 
+MAX_SEED = 2**32 - 1  # the config's seed rule; larger seeds would wrap onto smaller ones
+MAX_IMAGES = 100_000  # per label: more is a typo, not a sample (sample.py writes as it goes)
+
+
+def whole_number(low: int, high: int, why: str = ""):
+    """An argparse type: an integer in [low, high] (``why``: the reason for the bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low:,} to "
+                                             f"{high:,}{why}, got {value:,}")
+        return value
+
+    return parse
+
+
+def seed_arg(parser: argparse.ArgumentParser, default, help: str | None = None) -> None:
+    """--seed, range-checked: a seed past the range would silently wrap onto another."""
+    parser.add_argument("--seed", type=whole_number(0, MAX_SEED, " (2**32 - 1)"),
+                        default=default, help=help)
+
+
+def check_image_count(flag: str, value: int, low: int = 1) -> int:
+    """An image count from ``low`` to :data:`MAX_IMAGES`, or a UserError naming the flag."""
+    if not low <= value <= MAX_IMAGES:
+        raise UserError(f"{flag} must be a whole number from {low} to {MAX_IMAGES:,} per label "
+                        f"(larger counts are typos: split a big sample into runs), got {value:,}")
+    return value
+
+
 def add_run_args(parser: argparse.ArgumentParser, default_output: str) -> None:
     """The flags both trainers take besides the config: data, output folder, resume."""
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="AD_NC folder (train/ test/)")
@@ -60,7 +109,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling (default: the settings saved with the model)")
     group.add_argument("--scheduler", default=None, choices=list(SCHEDULERS))
     group.add_argument("--num_inference_steps", type=int, default=None)
-    group.add_argument("--guidance_scale", type=float, default=None,
+    group.add_argument("--guidance_scale", type=float, default=None, metavar="1..100",
                        help="classifier-free guidance; 1 = no guidance, larger = more typical")
     group.add_argument("--guidance_interval", type=float, nargs=2, default=None,
                        metavar=("LOW", "HIGH"),

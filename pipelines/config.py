@@ -256,7 +256,8 @@ RULES = {
     "beta_schedule": one_of("linear", "scaled_linear", "squaredcos_cap_v2"),
     "scheduler": one_of(*SCHEDULERS),
     "embed_method": one_of("umap", "tsne"),
-    "guidance_scale": Rule("a finite number >= 1 (1 = no guidance)", 1),
+    "guidance_scale": Rule("a number from 1 (no guidance) to 100 (beyond, the guided step "
+                           "saturates every pixel)", 1, 100),
     "guidance_interval": Rule("[] (guidance at every step) or [low, high] finite noise levels "
                               "with 0 <= low < high", items="interval"),
     "num_train_timesteps": Rule("an integer from 2 to 10,000", 2, 10_000),
@@ -347,6 +348,11 @@ def _coerce(value, annotation, where: str):
     target = annotation
     if isinstance(target, str):
         target = {"int": int, "float": float, "bool": bool, "str": str, "list": list}.get(target)
+    if target is str and isinstance(value, bool):
+        if value is False and where.endswith(".mixed_precision"):
+            return "no"  # YAML 1.1 reads the documented value `no` as false
+        raise UserError(f"config key {where} expects text, got {value!r} (YAML reads yes/no/on/"
+                        "off as true/false); write the value in quotes")
     if target is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)  # YAML 1.1 reads "2e-4" as a string
@@ -395,6 +401,33 @@ def _resolve_flat_key(key: str, own_section: str | None) -> str:
                     f"--{owners[0]}.{key}")
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping in a YAML file names the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key; the base loader names it
+                break
+            if duplicate:
+                raise DuplicateKey(f"key {key!r} appears twice in one mapping (line "
+                                   f"{key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str):
+    """``yaml.safe_load`` that raises :class:`DuplicateKey` for a key given twice."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, section: str | None = None
 ) -> Config:
@@ -402,12 +435,20 @@ def load_config(
     cfg = Config()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"--config {path} is a folder; give a YAML file, e.g. "
+                            "configs/demo.yaml")
         if not path.is_file():
             raise UserError(f"config file {path} does not exist; pick one from configs/")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = read_yaml(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
             raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+        except OSError as err:
+            raise UserError(f"config file {path} cannot be read ({err.strerror})") from None
+        except DuplicateKey as err:
+            raise UserError(f"config file {path}: {err}; keep one (YAML would silently use the "
+                            "last)") from None
         except yaml.YAMLError as err:
             raise UserError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
@@ -416,6 +457,7 @@ def load_config(
             if name not in SECTIONS:
                 raise UserError(f"unknown config section '{name}' in {path}; valid: {SECTIONS}")
             _apply(getattr(cfg, name), name, values or {}, str(path))
+    given = set()
     for key, value in _pairs(overrides or []):
         if "." in key:
             name, key = key.split(".", 1)
@@ -423,6 +465,10 @@ def load_config(
                 raise UserError(f"unknown config section in '--{name}.{key}'; valid: {SECTIONS}")
         else:
             name = _resolve_flat_key(key, section)
+        if (name, key) in given:
+            raise UserError(f"config key {name}.{key} is given twice on the command line; give "
+                            "it once")
+        given.add((name, key))
         _apply(getattr(cfg, name), name, {key: _parse_value(value)}, f"--{key}")
     check_config(cfg)
     return cfg

@@ -84,6 +84,9 @@ def read_source(path, label=None, position: float | None = None) -> Source:
     """A slice file -> Source; the label is given or the name of its folder (AD/NC); the level
     is given or read from the patient's other slices beside it (``level_beside``)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--image {path} is a folder; give slice files (e.g. {path}/*.jpeg), or "
+                        "the data set with --data and --split")
     if not path.is_file():
         raise UserError(f"--image {path}: no such file")
     if label is None:
@@ -131,6 +134,9 @@ def check_edit_args(strength: float, to: str) -> None:
             raise UserError(f"--to: {err}, or flip") from None
 
 
+MAX_DRAWS = 1000
+
+
 def check_method(method: str, change_from: str = "null_edit",
                  num_draws: int = DEFAULT_DRAWS) -> None:
     """--method one of EDIT_METHODS; the posterior method's --change_from and --draws."""
@@ -140,8 +146,9 @@ def check_method(method: str, change_from: str = "null_edit",
         raise UserError(f"--change_from {change_from} does not apply to --method posterior "
                         "(its change is between the two labels' predictions); leave it out or "
                         "use --method inversion")
-    if not (isinstance(num_draws, int) and num_draws >= 1):
-        raise UserError(f"--draws must be a whole number >= 1, got {num_draws!r}")
+    if not (isinstance(num_draws, int) and 1 <= num_draws <= MAX_DRAWS):
+        raise UserError(f"--draws must be a whole number from 1 to {MAX_DRAWS} (each draw is "
+                        f"a network pass per slice), got {num_draws!r}")
 
 
 def target_ids(sources: list[Source], to: str) -> list[int]:

@@ -205,6 +205,18 @@ class ScanReport:
         return [f for f in self.files if f.split == split]
 
 
+def symlink_reason(path: Path) -> str:
+    """Why a symbolic link in a class folder is not read as a slice."""
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:
+        return "a symbolic link in a loop"
+    except OSError:
+        return "a symbolic link to nothing (dangling)"
+    return (f"a symbolic link to a folder ({target}), not followed: copy or move the slices "
+            "into the class folder")
+
+
 def scan(root: str | Path, splits: tuple[str, ...] = SPLITS) -> ScanReport:
     """Walk ``root``: classify every entry as a slice, a skipped stray file, or a problem."""
     root = Path(root)
@@ -244,6 +256,9 @@ def scan(root: str | Path, splits: tuple[str, ...] = SPLITS) -> ScanReport:
             found = 0
             for path in sorted(class_dir.rglob("*")):
                 if not path.is_file():
+                    if path.is_symlink():  # counted, never dropped unseen
+                        report.skipped.append({"file": path.relative_to(root).as_posix(),
+                                               "reason": symlink_reason(path)})
                     continue
                 rel = path.relative_to(root).as_posix()
                 try:

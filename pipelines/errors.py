@@ -29,6 +29,19 @@ def write_trace(exc: BaseException) -> Path:
     return path
 
 
+def resume_hint(argv: list[str] | None = None) -> str:
+    """What to run after an interruption: a trainer continues from its last checkpoint."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).name if argv else ""
+    if script.startswith("train_"):
+        args = [a for a in argv[1:] if a != "--overwrite"]
+        if "--resume_from_checkpoint" not in args:
+            args += ["--resume_from_checkpoint", "latest"]
+        return ("continue from the last checkpoint with `python " + " ".join([script, *args])
+                + "`")
+    return "run the same command again to redo it"
+
+
 def cli_entry(main):
     """Wrap a script's ``main``: UserError -> one line, exit 2; anything else -> one line naming
     the failure and the trace file, exit 1; Ctrl-C -> exit 130."""
@@ -41,7 +54,7 @@ def cli_entry(main):
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print(f"interrupted: {resume_hint()}", file=sys.stderr)
             sys.exit(130)
         except SystemExit:
             raise

@@ -28,6 +28,7 @@ from .slices import SlicePipeline, to_pixels
 from .stylegan2.networks import StyleGAN2Generator
 from .stylegan2.pipeline_stylegan2 import StyleGAN2Pipeline
 
+MAX_GUIDANCE = 100.0  # classifier-free guidance beyond this only saturates the images
 PIPELINES = {cls.__name__: cls for cls in (ADNIDiffusionPipeline, StyleGAN2Pipeline)}
 CUSTOM_COMPONENTS = {"StyleGAN2Generator": StyleGAN2Generator}
 
@@ -119,6 +120,9 @@ def sampling_settings(pipe: SlicePipeline, scheduler: str | None = None,
     if not (math.isfinite(guidance) and guidance >= 1):
         raise UserError(f"--guidance_scale must be a finite number >= 1 (1 means no guidance: "
                         f"the conditional model alone), got {guidance}")
+    if guidance > MAX_GUIDANCE:
+        raise UserError(f"--guidance_scale must be at most {MAX_GUIDANCE:g}, got {guidance:g}: "
+                        "past that the guided step saturates every pixel (usual values: 1-10)")
     if "guidance_interval" in settings:  # absent from models made before it existed
         try:
             settings["guidance_interval"] = interval_value(settings["guidance_interval"])
@@ -151,9 +155,26 @@ def check_level_model(pipe: SlicePipeline, model_dir) -> None:
                         "level-conditioned model with --unet.level_conditioning true")
 
 
+def check_images(images: torch.Tensor, label, settings: dict) -> None:
+    """Refuse a generated batch holding a non-finite or blank (one grey level) image: saved, it
+    would pass for a result. ``images``: the pipeline's float output."""
+    flat = images.detach().float().flatten(1)
+    bad_values = ~torch.isfinite(flat).all(dim=1)
+    pixels = to_pixels(flat.nan_to_num(0.0) * 2 - 1)
+    blank = pixels.amax(dim=1) == pixels.amin(dim=1)
+    if bad_values.any() or blank.any():
+        what = "non-finite values" if bad_values.any() else "one grey level only (blank)"
+        used = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "guidance_interval")
+        raise UserError(f"{int((bad_values | blank).sum())} of {len(flat)} generated {label} "
+                        f"images hold {what}, so nothing more was saved ({used or 'no sampling'}"
+                        " settings); lower --guidance_scale (usual: 1-10) or raise "
+                        "--num_inference_steps; if it persists the model itself diverged "
+                        "(see its metrics.json): train it again")
+
+
 def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_size: int,
              settings: dict, native_size: bool = True, latents: bool = False,
-             progress: bool = True, positions=None, callback=None):
+             progress: bool = True, positions=None, callback=None, first: int = 0):
     """``num_images`` images of one label, batched, each from its own seeded generator: the
     same draws at any ``batch_size``, the pixels equal across batch sizes up to float rounding.
 
@@ -163,7 +184,9 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
 
     Returns (N, H, W) uint8 pixels (native 256x240, or the model's square), or with
     ``latents=True`` the scaled latents of a diffusion model. ``callback(done, total)`` is called
-    after each batch (the app's progress bar).
+    after each batch (the app's progress bar). ``first``: the index of the first image (a
+    sample made in parts is the same as one made at once). A non-finite or blank image is an
+    error (:func:`check_images`).
     """
     if positions is not None:
         positions = np.broadcast_to(np.asarray(positions, dtype=np.float64), (num_images,))
@@ -176,7 +199,7 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
     bar = tqdm(total=num_images, desc=f"sample {label}", disable=not progress, leave=False)
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
-        gens = [torch.Generator().manual_seed(image_seed(seed, label_id, start + i))
+        gens = [torch.Generator().manual_seed(image_seed(seed, label_id, first + start + i))
                 for i in range(n)]
         levels = {} if positions is None else \
             {"slice_positions": positions[start : start + n].tolist()}
@@ -186,12 +209,20 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
                        **call_kwargs(settings), **levels).images
         except ValueError as err:
             raise UserError(str(err)) from None
+        if latents:
+            if not torch.isfinite(out).all():
+                check_images(out, label, settings)
+        else:
+            check_images(out, label, settings)
         outs.append(out if latents else to_pixels(out * 2 - 1)[:, 0].numpy())
         bar.update(n)
         if callback is not None:
             callback(start + n, num_images)
     bar.close()
     return torch.cat(outs) if latents else np.concatenate(outs)
+
+
+GRID_IMAGES = 64
 
 
 def sample_to_folder(model_dir, labels: list[str], out_dir, *, num_images: int, seed: int,
@@ -216,12 +247,19 @@ def sample_to_folder(model_dir, labels: list[str], out_dir, *, num_images: int, 
     write_json(out_dir / "sample.json", record)  # marks the folder as this script's from now on
     for label in labels:
         t0 = time.time()
-        if positions is None:
-            images = generate(pipe, label, num_images, seed=seed, batch_size=batch_size,
-                              settings=settings)
-            files = [save_png(img, out_dir / label / f"{label}_{i:04d}.png").name
-                     for i, img in enumerate(images)]
-            save_grid(images, out_dir / f"grid_{label}.png", nrow=8)
+        if positions is None:  # written batch by batch; the grid shows the first GRID_IMAGES
+            files, shown = [], []
+            bar = tqdm(total=num_images, desc=f"sample {label}", leave=False)
+            for start in range(0, num_images, batch_size):
+                images = generate(pipe, label, min(batch_size, num_images - start), seed=seed,
+                                  batch_size=batch_size, settings=settings, first=start,
+                                  progress=False)
+                files += [save_png(img, out_dir / label / f"{label}_{start + i:04d}.png").name
+                          for i, img in enumerate(images)]
+                shown += list(images[:max(GRID_IMAGES - len(shown), 0)])
+                bar.update(len(images))
+            bar.close()
+            save_grid(np.stack(shown), out_dir / f"grid_{label}.png", nrow=8)
         else:
             columns = [generate(pipe, label, num_images, seed=seed, batch_size=batch_size,
                                 settings=settings, positions=p) for p in positions]

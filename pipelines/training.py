@@ -394,9 +394,8 @@ def run_training(
                     last = checkpoints(output_dir)
                     raise TrainingDiverged(
                         f"loss became {loss.item()} at step {state.step}; nothing was saved over "
-                        f"the last good checkpoint ({last[-1] if last else 'none yet'}). Lower "
-                        "--learning_rate or try --mixed_precision no, then resume with "
-                        "--resume_from_checkpoint latest")
+                        f"the last good checkpoint ({last[-1] if last else 'none yet'}). "
+                        + divergence_advice(cfg.mixed_precision, bool(last)))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -435,6 +434,16 @@ def run_training(
     bar.close()
     state.throughput = meter.metrics(accelerator)
     return state
+
+
+def divergence_advice(mixed_precision: str, has_checkpoint: bool) -> str:
+    """What to try after a non-finite loss, given the run's precision."""
+    fresh = "start afresh with a lower --learning_rate (--overwrite)"
+    if mixed_precision != "no":
+        retry = ("resume with --resume_from_checkpoint latest --mixed_precision no"
+                 if has_checkpoint else "try --mixed_precision no")
+        return f"Try full precision: {retry}; if it diverges again, {fresh}"
+    return f"The run is already in full precision: {fresh}"
 
 
 def kill_if_asked(step: int) -> None:

@@ -126,7 +126,7 @@ def test_unet_into_a_vae_run_is_refused_even_with_resume(vae_run_copy, tiny_data
         proc = run_script("train_unet.py", "--config", TINY, "--vae", vae_run_copy / "vae",
                           "--data", tiny_data, "--output_dir", vae_run_copy, *extra, check=False)
         assert proc.returncode == 2, proc.stderr
-        assert "vae run" in proc.stderr or "which this run reads" in proc.stderr, proc.stderr
+        assert "vae run" in proc.stderr or "which this command reads" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert tree_hash(vae_run_copy) == before
 
@@ -294,7 +294,7 @@ def test_evaluation_mistakes(tiny_model, tiny_data, tmp_path, script, args, word
     (["--image", "README.md"], ["its label is unknown", "--label"]),
     (["--image", "README.md", "--label", "MCI"], ["unknown label 'MCI'"]),
     (["--image", "README.md", "--label", "AD"], ["not a readable image"]),
-    (["--draws", "0"], ["--draws", "whole number >= 1"]),
+    (["--draws", "0"], ["--draws", "whole number from 1 to 1000"]),
     (["--change_from", "reconstruction"], ["--change_from reconstruction", "--method posterior",
                                            "--method inversion"]),
 ])

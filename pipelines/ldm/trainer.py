@@ -18,7 +18,7 @@ from ..data import CLASS_NAMES, NULL_LABEL, load_train_val
 from ..files import write_json
 from ..hub import card_header, save_pipeline, usage_snippet
 from ..plots import save_grid, to_uint8
-from ..runs import claim_run_dir
+from ..runs import check_writable_dir, claim_run_dir, folder_digest
 from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
 from ..vae.model import load_vae, vae_downsample_factor
 from .latents import build_latent_cache
@@ -86,8 +86,11 @@ Full training config:
 def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None = None,
                cache_dir: str | Path | None = None, overwrite: bool = False) -> dict:
     validate(cfg)
+    if cache_dir:  # written to: never inside the data or the VAE
+        check_writable_dir(cache_dir, "--cache_dir", reads=(data_root, vae_path))
     output_dir = claim_run_dir(output_dir, "unet", resume, overwrite,
-                               reads=tuple(p for p in (vae_path, data_root, cache_dir) if p))
+                               reads=(vae_path, data_root), config=cfg,
+                               inputs={"vae": folder_digest(vae_path)})
     ucfg = cfg.unet
     accelerator = make_accelerator(ucfg, output_dir)
     vae = load_vae(vae_path).to(accelerator.device).eval().requires_grad_(False)

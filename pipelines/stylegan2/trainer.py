@@ -74,7 +74,8 @@ Full training config:
 def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = None,
                     overwrite: bool = False) -> dict:
     validate(cfg)
-    output_dir = claim_run_dir(output_dir, "stylegan2", resume, overwrite, reads=(data_root,))
+    output_dir = claim_run_dir(output_dir, "stylegan2", resume, overwrite, reads=(data_root,),
+                               config=cfg)
     scfg = cfg.stylegan2
     accelerator = make_accelerator(scfg, output_dir, find_unused_parameters=True)
     train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process)

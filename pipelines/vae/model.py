@@ -56,7 +56,12 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     if config.get("_class_name") != "AutoencoderKL":
         raise UserError(f"{config['_dir']} holds a {config.get('_class_name')!r}, not an "
                         "AutoencoderKL; point at a VAE folder")
-    return AutoencoderKL.from_pretrained(config["_dir"])
+    try:
+        return AutoencoderKL.from_pretrained(config["_dir"])
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"the VAE in {config['_dir']} cannot be loaded ({str(err)[:160]}): its "
+                        "weights are damaged or incomplete; copy the folder again or train it "
+                        "again with train_vae.py") from None
 
 
 @torch.no_grad()

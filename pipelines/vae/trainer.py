@@ -86,7 +86,7 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     """Train the VAE with the shared loop; return the metrics written to metrics.json."""
     validate(cfg)
     output_dir = claim_run_dir(output_dir, "vae", resume, overwrite,
-                               reads=tuple(p for p in (data_root, pretrained) if p))
+                               reads=tuple(p for p in (data_root, pretrained) if p), config=cfg)
     vcfg = cfg.vae
     accelerator = make_accelerator(vcfg, output_dir, find_unused_parameters=True)
     train_set, val_set = load_train_val(data_root, cfg.data,
