@@ -157,7 +157,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(stage):
     assert model.is_gradient_checkpointing
     assert torch.equal(plain_loss, ckpt_loss)
     assert len(plain_grads) == len(ckpt_grads) > 0
-    for a, b in zip(plain_grads, ckpt_grads):
+    for a, b in zip(plain_grads, ckpt_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
