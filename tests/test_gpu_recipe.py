@@ -214,3 +214,25 @@ def test_help_lists_the_config_keys():
         assert key in proc.stdout, key
     assert "--vae.kl_weight" in run_script("train_vae.py", "--help").stdout
 
+
+
+def test_launch_files_are_what_accelerate_reads():
+    """The README's launch files: Accelerate parses each; the SLURM script is valid bash that
+    launches both trainers through the multi-node file."""
+    import subprocess
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    seen = {}
+    for name in ("one_gpu", "multi_gpu", "multi_node"):
+        c = load_config_from_file(str(ROOT / "examples" / "accelerate" / f"{name}.yaml"))
+        seen[name] = (str(c.distributed_type), c.num_machines, c.num_processes,
+                      c.mixed_precision)
+    assert seen == {"one_gpu": ("DistributedType.NO", 1, 1, "bf16"),
+                    "multi_gpu": ("DistributedType.MULTI_GPU", 1, 8, "bf16"),
+                    "multi_node": ("DistributedType.MULTI_GPU", 2, 16, "bf16")}
+    script = ROOT / "examples" / "slurm_train.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "examples/accelerate/multi_node.yaml" in text
+    assert "train_vae.py" in text and "train_unet.py" in text
