@@ -23,9 +23,11 @@ from tests.conftest import ROOT, TINY, run_script
 ADNI256 = ROOT / "configs" / "adni256.yaml"
 
 
+@pytest.mark.slow
 def test_adni256_trains_a_step_and_samples_at_native_size(tiny_data, tmp_path):
     """The full-resolution config as shipped (widths, attention, level conditioning, sampler,
-    guidance interval), one step of each stage at 256 px on the CPU, batch 2."""
+    guidance interval), one step of each stage at 256 px on the CPU, batch 2: minutes on 2
+    cores (a 256 px VAE step, its validation and the held-out measures), so marked slow."""
     from pipelines.ldm.pipeline_adni import ADNIDiffusionPipeline
     from pipelines.ldm.trainer import train_unet
     from pipelines.vae.trainer import train_vae
