@@ -28,8 +28,8 @@ def test_adni256_trains_a_step_and_samples_at_native_size(tiny_data, tmp_path):
     """The full-resolution config as shipped (widths, attention, level conditioning, sampler,
     guidance interval), one step of each stage at 256 px on the CPU, batch 2: minutes on 2
     cores (a 256 px VAE step, its validation and the held-out measures), so marked slow."""
-    from pipelines.ldm.pipeline_adni import ADNIDiffusionPipeline
     from pipelines.ldm.trainer import train_unet
+    from pipelines.sampling import load_pipeline
     from pipelines.vae.trainer import train_vae
 
     small = ["--data.val_patients_fraction", "0.25", "--vae.max_train_steps", "1",
@@ -46,8 +46,10 @@ def test_adni256_trains_a_step_and_samples_at_native_size(tiny_data, tmp_path):
     metrics = train_unet(cfg, tmp_path / "vae" / "vae", tiny_data, tmp_path / "ldm")
     assert metrics["steps"] == 1 and metrics["latent_shape"] == [4, 64, 64]
     assert metrics["level_conditioned"]
-    pipe = ADNIDiffusionPipeline.from_pretrained(tmp_path / "ldm")
-    assert pipe.level_conditioned and pipe.guidance_interval == (0.0, 10.9)
+    pipe = load_pipeline(tmp_path / "ldm")
+    settings = pipe.sampling_settings()
+    assert pipe.level_conditioned and settings["guidance_interval"] == [0.0, 10.9]
+    assert settings["scheduler"] == "sde-dpmsolver++"
     out = pipe(["AD", "NC"], num_images_per_label=1, num_inference_steps=2,
                generator=torch.manual_seed(0), slice_positions=[0.5, 0.5])
     assert [im.size for im in out.images] == [(256, 240)] * 2
