@@ -182,15 +182,17 @@ def markdown(record: dict, config: str) -> str:
     lines = [f"Projection for `{config}` ({record['resolution']} px, {latent} latents), "
              f"{record['train_images']:,} training slices, at an assumed "
              f"{record['tflops_assumed']:.0f} TFLOP/s achieved per GPU (not measured):", "",
-             "| stage | work | GFLOP/img | PFLOP | hours, 1 GPU | hours, 8 GPUs | "
+             "| stage | work | GFLOP/img | PFLOP | minutes, 1 GPU | minutes, 8 GPUs | "
              "GPU memory per process (computed) |", "|---|---|---|---|---|---|---|"]
     for name, s in record["stages"].items():
         lines.append(f"| {name} | {s['what']} | {s['flops_per_image'] / 1e9:.1f} | "
-                     f"{s['pflop']:.1f} | {s['hours_1_gpu']:.2f} | {s['hours_8_gpus']:.2f} | "
+                     f"{s['pflop']:.1f} | {s['hours_1_gpu'] * 60:.1f} | "
+                     f"{s['hours_8_gpus'] * 60:.1f} | "
                      f"{s['memory_gib']:.1f} GiB at batch {s['batch']}"
                      f"{'' if s['activation_bytes_per_image'] else ' (weights; no backward)'} |")
     total = sum(s["hours_1_gpu"] for s in record["stages"].values())
-    lines += ["", f"All stages: {total:.1f} GPU-hours at that rate ({total / 8:.1f} h on 8 GPUs)."]
+    lines += ["", f"All stages: {total * 60:.0f} GPU-minutes at that rate ({total * 60 / 8:.0f} "
+              "minutes on 8 GPUs)."]
     return "\n".join(lines) + "\n"
 
 
