@@ -240,3 +240,29 @@ def test_launch_files_are_what_accelerate_reads():
     text = script.read_text()
     assert "examples/accelerate/multi_node.yaml" in text
     assert "train_vae.py" in text and "train_unet.py" in text
+
+
+def test_projection_counts_each_stage():
+    """bench.project_gpu on the tiny config: work from the config, time from FLOPs and the rate,
+    memory from parameters and saved activations, sampling passes from the guidance interval."""
+    from bench.project_gpu import markdown, project
+
+    cfg = load_config(TINY, ["--sample.guidance_interval", "[0, 10.9]"])
+    record = project(cfg, 100.0, 50)
+    stages = record["stages"]
+    assert list(stages) == ["vae", "cache", "unet", "sample"]
+    assert stages["unet"]["images"] == cfg.unet.max_train_steps * cfg.unet.train_batch_size
+    assert stages["cache"]["images"] == 100  # every slice and its mirror image
+    for s in stages.values():
+        assert s["flops_per_image"] > 0
+        assert s["hours_1_gpu"] == pytest.approx(
+            s["images"] * s["flops_per_image"] / 100e12 / 3600)
+        assert s["memory_gib"] * 2**30 >= s["state_bytes"] > 0
+    assert stages["unet"]["activation_bytes_per_image"] > 0
+    detail = stages["sample"]["detail"]
+    steps = cfg.sample.num_inference_steps
+    assert steps < detail["unet_passes"] < 2 * steps  # the noisiest steps are not guided
+    assert stages["sample"]["flops_per_image"] == (detail["unet_passes"]
+                                                   * detail["unet_forward_flops"]
+                                                   + detail["decode_flops"])
+    assert "| unet | train the UNet: 6 steps x 8 |" in markdown(record, "tiny")
