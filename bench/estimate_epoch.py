@@ -38,8 +38,10 @@ def main():
     size = res // vae_downsample_factor(vae)
     unet = build_unet(cfg.unet, cfg.vae.latent_channels, size)
     latents = torch.randn(1, cfg.vae.latent_channels, size, size)
+    levels = torch.tensor([0.5]) if cfg.unet.level_conditioning else None
     unet_flops = step_flops(lambda: diffusion_loss(unet, training_scheduler(cfg.unet), latents,
-                                                   torch.tensor([1]), cfg.unet.snr_gamma).mean())
+                                                   torch.tensor([1]), cfg.unet.snr_gamma,
+                                                   slice_positions=levels).mean())
     print(f"config {args.config}: {res} px, latents {cfg.vae.latent_channels}x{size}x{size}; "
           f"assumed {args.tflops:.0f} TFLOP/s achieved, {args.images} images per epoch")
     for name, flops in (("VAE", vae_flops), ("UNet", unet_flops)):

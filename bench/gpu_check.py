@@ -143,9 +143,11 @@ def train_flops(cfg, device) -> dict:
     unet = build_unet(ucfg, vcfg.latent_channels, size).to(device)
     latents = torch.randn(1, vcfg.latent_channels, size, size, device=device)
     labels = torch.tensor([1], device=device)
+    levels = torch.tensor([0.5], device=device) if ucfg.level_conditioning else None
     scheduler = training_scheduler(ucfg)
     out["unet"] = counted(ucfg, lambda: diffusion_loss(unet, scheduler, latents, labels,
-                                                       ucfg.snr_gamma).mean())
+                                                       ucfg.snr_gamma,
+                                                       slice_positions=levels).mean())
     return out
 
 
@@ -255,7 +257,11 @@ def main(argv=None):
     import torch
 
     from pipelines.config import load_config
-    from pipelines.training import THROUGHPUT_WARMUP_STEPS, resolve_precision
+    from pipelines.training import (
+        THROUGHPUT_WARMUP_STEPS,
+        resolve_precision,
+        scale_for_processes,
+    )
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +306,9 @@ def main(argv=None):
     peak = bf16_peak_tflops(name) if num_gpus else None
     vae_metrics = json.loads((vae_run / "metrics.json").read_text())
     unet_metrics = json.loads((model / "metrics.json").read_text())
-    vae_flops, disc_share = vae_flops_per_image(flops, vae_metrics, cfg.vae)
+    # the trainers ran the config as scale_lr made it for this many processes
+    vae_flops, disc_share = vae_flops_per_image(
+        flops, vae_metrics, scale_for_processes(cfg.vae, max(num_gpus, 1)))
     stages = {
         "data": {"stage_seconds": round(seconds["data"], 1),
                  **json.loads((data / "phantom.json").read_text())["counts"]},

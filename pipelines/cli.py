@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, load_config
+from .config import Config, keys_help, load_config
 from .errors import UserError
 from .ldm.pipeline_adni import SCHEDULERS
 
@@ -49,6 +49,7 @@ def script_parser(doc: str, *, config: bool = True) -> argparse.ArgumentParser:
 def parse_with_config(parser: argparse.ArgumentParser, section: str,
                       argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
     """Known flags -> args; every other ``--key value`` -> a config override (unknown = error)."""
+    parser.epilog = parser.epilog or keys_help(section)
     args, rest = parser.parse_known_args(argv)
     return args, load_config(args.config, rest, section=section)
 

@@ -46,7 +46,12 @@ class TrainConfig:
     adam_weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = "bf16"  # no | fp16 | bf16
+    mixed_precision: str = "auto"  # auto (accelerate launch's choice, else bf16) | no | fp16 |
+    #   bf16; a GPU without bf16 (before Ampere) stops with a message
+    allow_tf32: bool = True  # TF32 tensor cores for fp32 matmuls/convolutions (Ampere on GPUs)
+    scale_lr: str = "none"  # how steps and LR follow the number of processes N: none (as
+    #   written; N x the samples) | linear | sqrt (budget in samples: steps / N, LR x N or x sqrt N)
+    report_to: str = "tensorboard"  # tensorboard | wandb | tensorboard,wandb (OUTPUT_DIR/logs)
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 2
     validation_steps: int = 250  # image grid every N steps
@@ -72,6 +77,8 @@ class VAEConfig(TrainConfig):
     disc_learning_rate: float = 2e-4
     disc_channels: int = 32
     scale_factor_images: int = 512  # training images used to measure 1/std of the latents
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less
+    #   memory for about a third more compute
     train_crop: int = 0  # train on random square crops of this side (0 = whole slices): the
     #   convolutional autoencoder learns from crops and runs on whole slices, so a 128 px VAE
     #   can train at a 64 px step's cost
@@ -99,6 +106,8 @@ class UNetConfig(TrainConfig):
     learning_rate: float = 3e-4
     adam_weight_decay: float = 1e-2
     num_validation_images: int = 4  # per label in the grid every validation_steps
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less
+    #   memory for about a third more compute
 
 
 @dataclass
@@ -250,7 +259,9 @@ RULES = {
     "adam_beta1": FRACTION, "adam_beta2": FRACTION, "ema_decay": FRACTION,
     "cond_drop_prob": FRACTION, "w_avg_beta": FRACTION, "style_mixing_prob": PROBABILITY,
     "pl_decay": PROBABILITY, "beta_start": OPEN_UNIT, "beta_end": OPEN_UNIT,
-    "mixed_precision": one_of("no", "fp16", "bf16"),
+    "mixed_precision": one_of("auto", "no", "fp16", "bf16"),
+    "scale_lr": one_of("none", "linear", "sqrt"),
+    "report_to": one_of("tensorboard", "wandb", "tensorboard,wandb"),
     "conditioning": one_of(*CONDITIONINGS),
     "prediction_type": one_of("epsilon", "v_prediction"),
     "beta_schedule": one_of("linear", "scaled_linear", "squaredcos_cap_v2"),
@@ -340,6 +351,19 @@ def describe() -> str:
             rule = rule_for(f.name, value)
             text = rule.text if rule else ("true or false" if isinstance(value, bool) else "text")
             lines.append(f"| {section}.{f.name} | {type(value).__name__} | {value!r} | {text} |")
+    return "\n".join(lines)
+
+
+def keys_help(section: str) -> str:
+    """The config keys a script's ``--help`` lists: its own section's and data's, each with its
+    default, as ``--key value`` overrides them."""
+    lines = ["config keys (override any with --key value or --section.key value; defaults "
+             "below, before the --config file; every key: python -m pipelines.config --describe):"]
+    for name in ("data", section, *(("sample",) if section == "unet" else ())):
+        for f in dataclasses.fields(getattr(Config(), name)):
+            value = getattr(getattr(Config(), name), f.name)
+            text = yaml.safe_dump(value, default_flow_style=True).strip()
+            lines.append(f"  --{name}.{f.name} {text.removesuffix('...').strip()}")
     return "\n".join(lines)
 
 

@@ -41,11 +41,12 @@ RUN_LAYOUT = frozenset(RESULTS + (
     "embedding", "samples_cli", "edit", "edit_truth"))
 _TEMPORARY = re.compile(r"^\..+\.tmp$|^.+\.old$|^\.write-test-\d+$")  # files.py's half-writes
 # config keys a resumed run may change: budgets, logging, where and how often it saves, the
-# precision and worker count of the machine it continues on; every other key must match
+# precision, trackers, memory switches and worker count of the machine it continues on; every
+# other key must match
 RESUMABLE = frozenset({
     "max_train_steps", "max_train_minutes", "checkpointing_steps", "checkpoints_total_limit",
     "validation_steps", "log_steps", "num_workers", "num_validation_images", "mixed_precision",
-    "skip_corrupt"})
+    "skip_corrupt", "report_to", "gradient_checkpointing", "allow_tf32"})
 # the config sections that shape a run of each kind (the others are not read by it)
 SECTIONS_OF = {"vae": ("data", "vae"), "unet": ("data", "unet"),
                "stylegan2": ("data", "stylegan2")}

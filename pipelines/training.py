@@ -30,8 +30,10 @@ kill a run at a well-defined moment instead of racing it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import pickle
 import random
@@ -120,14 +122,20 @@ def rng_untouched() -> Iterator[None]:
 
 
 def make_accelerator(cfg, output_dir: str | Path, find_unused_parameters: bool = False):
-    """Accelerator with TensorBoard logs under OUTPUT_DIR/logs (bf16 autocast works on CPU too)."""
+    """Accelerator logging to ``cfg.report_to`` under OUTPUT_DIR/logs (bf16 autocast works on
+    CPU too); TF32 as ``cfg.allow_tf32`` says; bf16 on a GPU without it is a UserError."""
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if \
         find_unused_parameters else []
     precision = resolve_precision(cfg.mixed_precision)
+    if torch.cuda.is_available():
+        check_bf16(precision, torch.cuda.get_device_name(),
+                   torch.cuda.is_bf16_supported(including_emulation=False))
+    set_tf32(cfg.allow_tf32)
+    trackers = tracker_names(cfg.report_to)
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with="tensorboard",
+        log_with=trackers,
         project_config=ProjectConfiguration(project_dir=str(output_dir),
                                             logging_dir=str(Path(output_dir) / "logs")),
         kwargs_handlers=kwargs,
@@ -154,15 +162,102 @@ def cpu_has_bf16() -> bool:
 def resolve_precision(requested: str) -> str:
     """The config's mixed precision, made safe for the device at hand.
 
-    On a CPU without native bf16 (AVX2-only machines, e.g. the dev/CI machines), bf16 autocast
-    is emulated and measured 50x slower than fp32, so it falls back to fp32 ("no"); fp16
-    autocast needs a GPU.
+    ``auto``: what ``accelerate launch`` was given (its ``--mixed_precision`` or the ``accelerate
+    config`` file, passed on as ACCELERATE_MIXED_PRECISION), else bf16. On a CPU without native
+    bf16 (AVX2-only machines, e.g. the dev/CI machines), bf16 autocast is emulated and measured
+    50x slower than fp32, so it falls back to fp32 ("no"); fp16 autocast needs a GPU.
     """
+    if requested == "auto":
+        requested = launcher_precision() or "bf16"
     if torch.cuda.is_available() or requested == "no":
         return requested
     if cpu_has_bf16():
         return "bf16"
     return "no"
+
+
+def launcher_precision() -> str | None:
+    """The mixed precision ``accelerate launch`` hands its processes, None outside it."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    return value if value in ("no", "fp16", "bf16") else None
+
+
+def check_bf16(precision: str, device_name: str, supported: bool) -> None:
+    """Stop before training when bf16 is asked of a GPU that does not compute it (before
+    Ampere: V100, T4, RTX 20xx), where it would be emulated or fail mid-run."""
+    if precision == "bf16" and not supported:
+        raise UserError(f"mixed precision bf16 needs a GPU of compute capability 8.0 or later "
+                        f"(Ampere on), and {device_name} is not one: train with "
+                        "--mixed_precision fp16 (or no), or pick fp16 in `accelerate config`")
+
+
+def set_tf32(allowed: bool) -> None:
+    """TensorFloat-32 for fp32 matmuls and convolutions on Ampere and later GPUs (a 10-bit
+    mantissa inside the product, fp32 everywhere else); no effect on CPUs or older GPUs."""
+    mode = "tf32" if allowed else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+
+
+REPORT_TO = ("tensorboard", "wandb", "tensorboard,wandb")
+
+
+def tracker_names(report_to: str) -> list[str]:
+    """``report_to`` as Accelerate's ``log_with``; wandb must be installed (it is pinned in
+    requirements.txt; WANDB_MODE=offline logs without a network, for ``wandb sync`` later)."""
+    names = report_to.split(",")
+    if "wandb" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise UserError("report_to wandb needs the wandb package: pip install wandb (or "
+                            "--report_to tensorboard)")
+    return names
+
+
+def log_image(accelerator: Accelerator, name: str, pixels: np.ndarray, step: int) -> None:
+    """Send one (H, W) uint8 image (a validation grid) to every tracker of this run; call it on
+    the main process, where the trackers live."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(name, pixels, global_step=step, dataformats="HW")
+        elif tracker.name == "wandb":
+            tracker.log_images({name: [pixels]}, step=step)
+
+
+SCALE_RULES = ("none", "linear", "sqrt")
+
+
+def scale_for_processes(cfg, num_processes: int):
+    """The training config for ``num_processes`` processes under ``cfg.scale_lr``.
+
+    ``none``: every count as written: each process takes its ``train_batch_size``, so N
+    processes see N times the samples in the same steps. ``linear`` / ``sqrt``: the config is
+    written for one process and the budget is in samples: step counts (training, warm-up,
+    checkpoints, validation) are divided by N, rounded up, the EMA decay raised to the N-th
+    power (the same horizon in samples), the learning rates multiplied by N (the linear rule,
+    Goyal et al. 2017) or by sqrt(N) (the square-root rule for Adam, Malladi et al. 2022).
+    """
+    if cfg.scale_lr == "none" or num_processes == 1:
+        return cfg
+    factor = num_processes if cfg.scale_lr == "linear" else math.sqrt(num_processes)
+    counts = ("max_train_steps", "lr_warmup_steps", "checkpointing_steps", "validation_steps",
+              "disc_start_step")
+    changes = {key: math.ceil(getattr(cfg, key) / num_processes) for key in counts
+               if hasattr(cfg, key)}
+    changes |= {key: getattr(cfg, key) * factor for key in
+                ("learning_rate", "disc_learning_rate") if hasattr(cfg, key)}
+    changes["ema_decay"] = cfg.ema_decay ** num_processes
+    return dataclasses.replace(cfg, **changes)
+
+
+def scaling_note(cfg, scaled) -> str:
+    """What :func:`scale_for_processes` changed, for the run's log ('' when nothing)."""
+    if scaled is cfg:
+        return ""
+    changed = [f"{f.name} {getattr(cfg, f.name):g} -> {getattr(scaled, f.name):g}"
+               for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(scaled, f.name)]
+    return f"scale_lr {cfg.scale_lr}: " + ", ".join(changed)
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -484,7 +579,9 @@ def prepare_run(accelerator: Accelerator, model, param_groups, cfg, full_cfg, ou
     if accelerator.is_main_process:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         full_cfg.save(Path(output_dir) / "config.yaml")
-        accelerator.init_trackers(name)
+        # wandb: its run folder under OUTPUT_DIR/logs, the whole config as the run's config
+        accelerator.init_trackers(name, init_kwargs={"wandb": {
+            "dir": str(Path(output_dir) / "logs"), "config": full_cfg.to_dict()}})
     return prepared
 
 

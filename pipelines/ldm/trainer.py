@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..config import Config, validate
 from ..data import CLASS_NAMES, NULL_LABEL, load_train_val
@@ -19,7 +20,16 @@ from ..files import write_json
 from ..hub import card_header, save_pipeline, usage_snippet
 from ..plots import save_grid, to_uint8
 from ..runs import check_writable_dir, claim_run_dir, folder_digest
-from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
+from ..training import (
+    EMAWeights,
+    count_parameters,
+    log_image,
+    make_accelerator,
+    prepare_run,
+    run_training,
+    scale_for_processes,
+    scaling_note,
+)
 from ..vae.model import load_vae, vae_downsample_factor
 from .latents import build_latent_cache
 from .objective import diffusion_loss, drop_labels, training_scheduler
@@ -91,8 +101,10 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
     output_dir = claim_run_dir(output_dir, "unet", resume, overwrite,
                                reads=(vae_path, data_root), config=cfg,
                                inputs={"vae": folder_digest(vae_path)})
-    ucfg = cfg.unet
-    accelerator = make_accelerator(ucfg, output_dir)
+    accelerator = make_accelerator(cfg.unet, output_dir)
+    ucfg = scale_for_processes(cfg.unet, accelerator.num_processes)
+    if note := scaling_note(cfg.unet, ucfg):
+        accelerator.print(note)
     vae = load_vae(vae_path).to(accelerator.device).eval().requires_grad_(False)
     if vae.config.sample_size != cfg.data.resolution:
         accelerator.print(f"note: VAE trained at {vae.config.sample_size} px, data at "
@@ -104,6 +116,8 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
     scaling = float(vae.config.scaling_factor)
     latent_size = cfg.data.resolution // vae_downsample_factor(vae)
     unet = build_unet(ucfg, vae.config.latent_channels, latent_size)
+    if ucfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     noise_scheduler = training_scheduler(ucfg)
     ema = EMAWeights(unet, ucfg.ema_decay, ucfg.ema_warmup)
     unet, optimizer, lr_scheduler = prepare_run(accelerator, unet, unet.parameters(), ucfg, cfg,
@@ -138,8 +152,9 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
         images = pipe(list(CLASS_NAMES), num_images_per_label=n,
                       generator=torch.Generator().manual_seed(0), output_type="pt",
                       native_size=False, slice_positions=levels).images
-        save_grid(to_uint8(images * 2 - 1), output_dir / "samples" / f"step-{step:06d}.png",
-                  nrow=n)
+        path = save_grid(to_uint8(images * 2 - 1),
+                         output_dir / "samples" / f"step-{step:06d}.png", nrow=n)
+        log_image(accelerator, "samples", np.asarray(Image.open(path)), step)
 
     t0 = time.time()
     state = run_training(accelerator=accelerator, model=unet, optimizer=optimizer,

@@ -20,7 +20,14 @@ from ..files import write_json
 from ..hub import card_header, save_pipeline, usage_snippet
 from ..plots import save_grid, to_uint8
 from ..runs import claim_run_dir
-from ..training import EMAWeights, count_parameters, make_accelerator, prepare_run, run_training
+from ..training import (
+    EMAWeights,
+    count_parameters,
+    make_accelerator,
+    prepare_run,
+    run_training,
+    scale_for_processes,
+)
 from .networks import StyleGAN2Discriminator, StyleGAN2Generator
 from .objective import StyleGAN2TrainingModel
 from .pipeline_stylegan2 import StyleGAN2Pipeline
@@ -76,8 +83,8 @@ def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = Non
     validate(cfg)
     output_dir = claim_run_dir(output_dir, "stylegan2", resume, overwrite, reads=(data_root,),
                                config=cfg)
-    scfg = cfg.stylegan2
-    accelerator = make_accelerator(scfg, output_dir, find_unused_parameters=True)
+    accelerator = make_accelerator(cfg.stylegan2, output_dir, find_unused_parameters=True)
+    scfg = scale_for_processes(cfg.stylegan2, accelerator.num_processes)
     train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process)
     accelerator.print(f"train: {train_set.summary()}")
     generator, discriminator = build_stylegan2(cfg)

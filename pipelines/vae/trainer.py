@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure as ms_ssim,
 )
@@ -29,9 +30,12 @@ from ..training import (
     EMAWeights,
     TrainingDiverged,
     count_parameters,
+    log_image,
     make_accelerator,
     prepare_run,
     run_training,
+    scale_for_processes,
+    scaling_note,
 )
 from .model import PatchDiscriminator, adapt_to_greyscale, build_vae, load_vae
 from .objective import VAETrainingModel
@@ -87,8 +91,10 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     validate(cfg)
     output_dir = claim_run_dir(output_dir, "vae", resume, overwrite,
                                reads=tuple(p for p in (data_root, pretrained) if p), config=cfg)
-    vcfg = cfg.vae
-    accelerator = make_accelerator(vcfg, output_dir, find_unused_parameters=True)
+    accelerator = make_accelerator(cfg.vae, output_dir, find_unused_parameters=True)
+    vcfg = scale_for_processes(cfg.vae, accelerator.num_processes)
+    if note := scaling_note(cfg.vae, vcfg):
+        accelerator.print(note)
     train_set, val_set = load_train_val(data_root, cfg.data,
                                         progress=accelerator.is_local_main_process)
     accelerator.print(f"train: {train_set.summary()}\nval (held-out patients): "
@@ -96,6 +102,8 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     if len(val_set) == 0:
         raise UserError("no validation patients: raise --val_patients_fraction or add patients")
     vae, pretrained = _prepare_vae(cfg, pretrained)
+    if vcfg.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
     disc = PatchDiscriminator(vcfg.disc_channels) if vcfg.disc_weight > 0 else None
     model = VAETrainingModel(vae, disc, vcfg)
     groups = [{"params": vae.parameters(), "lr": vcfg.learning_rate}]
@@ -130,7 +138,9 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
         inner = current_vae()
         recon = reconstruct(inner, val_images)
         pair = np.concatenate([to_uint8(val_images), to_uint8(recon)])
-        save_grid(pair, output_dir / "samples" / f"recon-{step:06d}.png", nrow=len(val_images))
+        path = save_grid(pair, output_dir / "samples" / f"recon-{step:06d}.png",
+                         nrow=len(val_images))
+        log_image(accelerator, "reconstructions", np.asarray(Image.open(path)), step)
         accelerator.log(reconstruction_metrics(inner, val_images), step=step)
 
     t0 = time.time()
