@@ -73,6 +73,12 @@ def main(argv=None):
             print(f"{label}: {len(info['subjects'])} subjects of {record['stack']} slices in "
                   f"{out}/{label}, volumes in {out}/volumes, reslices {out}/{info['reslice']} "
                   f"({info['seconds']} s)")
+            if info["measures"]:
+                adj = info["measures"]["adjacent"]
+                print("  adjacent-slice SSIM: generated {:.3f}, real {:.3f}, independent "
+                      "{}".format(adj["generated"]["ssim"], adj["real"]["ssim"],
+                                  f"{adj['independent']['ssim']:.3f}" if "independent" in adj
+                                  else "n/a (one subject)"))
         return
     record = sample_to_folder(args.model, labels, out, num_images=num_images,
                               seed=defaults.seed if args.seed is None else args.seed,

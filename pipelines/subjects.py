@@ -29,6 +29,8 @@ from .errors import UserError
 from .files import atomic_path, write_json
 from .runs import prepare_output_dir
 from .sampling import call_kwargs, image_seed, load_pipeline, sampling_settings
+from .slices import to_model_input
+from .stack_metrics import stack_report
 
 # The stand-in data's geometry (tools.phantom: 0.95 mm pixels, 1.1-1.3 mm between slices);
 # ADNI AD_NC's files state none, so the header carries these and says so.
@@ -98,9 +100,9 @@ def reslice_picture(stacks: dict[str, np.ndarray], path: str | Path,
     return path
 
 
-def real_patient_stack(data_root: str | Path, label: str) -> tuple[str, np.ndarray] | None:
-    """(patient, (K, H, W) uint8 slices lowest first) of the real patient of ``label`` with the
-    most slices in ``data_root``'s splits (ties: the first name), or None when there is none."""
+def real_patient_stacks(data_root: str | Path, label: str) -> dict[str, np.ndarray]:
+    """Every real patient of ``label`` in ``data_root``'s splits: name -> (K, H, W) uint8 slices
+    ordered by slice number, lowest first (patients whose slices differ in size left out)."""
     patients: dict[str, list[Path]] = {}
     for split in SPLITS:
         folder = Path(data_root) / split / label
@@ -108,14 +110,29 @@ def real_patient_stack(data_root: str | Path, label: str) -> tuple[str, np.ndarr
             for path in sorted(folder.iterdir()):
                 if path.suffix.lower() in IMAGE_SUFFIXES and slice_number(path.name) is not None:
                     patients.setdefault(patient_id(path.name), []).append(path)
-    if not patients:
+    out = {}
+    for name in sorted(patients):
+        files = sorted(patients[name], key=lambda p: slice_number(p.name))
+        slices = [np.asarray(Image.open(f).convert("L")) for f in files]
+        if len({s.shape for s in slices}) == 1:
+            out[name] = np.stack(slices)
+    return out
+
+
+def measure_against_real(stacks: np.ndarray, real: dict[str, np.ndarray], length: int,
+                         first: int, resolution: int) -> dict | None:
+    """``stack_metrics.stack_report`` of the generated stacks against the real patients with
+    ``length`` slices at the same levels (slices ``first`` onwards), both at the model's
+    resolution; None when no real patient has ``length`` slices."""
+    k = stacks.shape[1]
+    chosen = [s[first : first + k] for s in real.values() if len(s) == length]
+    if not chosen or k < 2:
         return None
-    name = max(sorted(patients), key=lambda p: len(patients[p]))
-    files = sorted(patients[name], key=lambda p: slice_number(p.name))
-    slices = [np.asarray(Image.open(f).convert("L")) for f in files]
-    if len({s.shape for s in slices}) != 1:
-        return None
-    return name, np.stack(slices)
+
+    def model_size(group):
+        return np.stack([[to_model_input(p, resolution) for p in one] for one in group])
+
+    return stack_report(model_size(stacks), model_size(chosen))
 
 
 def generate_subjects(pipe, label: str, subjects: int, stack: int | None, *, seed: int,
@@ -173,15 +190,17 @@ def subjects_to_folder(model_dir, labels: list[str], out_dir, *, subjects: int, 
                 with atomic_path(out_dir / label / f"{name}_{first + k}.jpeg") as tmp:
                     Image.fromarray(pixels).save(tmp, format="JPEG", quality=JPEG_QUALITY)
             write_nifti(one, out_dir / "volumes" / f"{name}.nii.gz", label)
+        seconds = round(time.time() - t0, 2)
         shown = dict(zip(names, stacks, strict=True))
-        real = real_patient_stack(data, label) if data is not None else None
-        if real is not None:
-            shown[f"real {real[0]}"[:20]] = real[1]
+        real = real_patient_stacks(data, label) if data is not None else {}
+        shown_real = max(real, key=lambda p: len(real[p])) if real else None
+        if shown_real is not None:
+            shown[f"real {shown_real}"[:20]] = real[shown_real]
         reslice_picture(shown, out_dir / f"reslice_{label}.png")
-        record["labels"][label] = {"subjects": names, "folder": label, "volumes": "volumes",
-                                   "reslice": f"reslice_{label}.png",
-                                   "real_patient": None if real is None else real[0],
-                                   "seconds": round(time.time() - t0, 2)}
+        record["labels"][label] = {
+            "subjects": names, "folder": label, "volumes": "volumes",
+            "reslice": f"reslice_{label}.png", "real_patient": shown_real, "seconds": seconds,
+            "measures": measure_against_real(stacks, real, length, first, pipe.resolution)}
     record["complete"] = True
     write_json(out_dir / "subjects.json", record)
     return record
