@@ -49,6 +49,9 @@ def model_card(cfg: Config, data_root, metrics: dict) -> str:
     tags = ["latent-diffusion", "medical-imaging", "brain-mri", "adni", "class-conditional"]
     level_text = ("conditioned on the label and the slice level (0 = a patient's lowest slice, "
                   "1 = its highest)" if cfg.unet.level_conditioning else "label-conditioned")
+    if cfg.unet.level_conditioning and cfg.unet.stack_conditioning:
+        level_text += (f", and on the slice below (synthetic subjects of up to "
+                       f"{metrics['stack_length']} slices: `pipe.subjects`)")
     return card_header(tags, "ADNIDiffusionPipeline") + f"""
 # ADNI AD/NC class-conditioned latent diffusion
 
