@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .data import IMAGE_SUFFIXES, SPLITS, patient_id, slice_number
+from .data import IMAGE_SUFFIXES, patient_id, slice_number
 from .errors import UserError
 from .files import atomic_path, write_json
+from .judge import Judge
 from .runs import prepare_output_dir
 from .sampling import call_kwargs, image_seed, load_pipeline, sampling_settings
 from .slices import to_model_input
-from .stack_metrics import stack_report
+from .stack_metrics import own_stack_nearest, stack_accuracy, stack_report
 
 # The stand-in data's geometry (tools.phantom: 0.95 mm pixels, 1.1-1.3 mm between slices);
 # ADNI AD_NC's files state none, so the header carries these and says so.
@@ -100,11 +101,13 @@ def reslice_picture(stacks: dict[str, np.ndarray], path: str | Path,
     return path
 
 
-def real_patient_stacks(data_root: str | Path, label: str) -> dict[str, np.ndarray]:
-    """Every real patient of ``label`` in ``data_root``'s splits: name -> (K, H, W) uint8 slices
-    ordered by slice number, lowest first (patients whose slices differ in size left out)."""
+def real_patient_stacks(data_root: str | Path, label: str,
+                        splits: tuple[str, ...] = ("test",)) -> dict[str, np.ndarray]:
+    """Every real patient of ``label`` in ``data_root``'s ``splits`` (default the test split,
+    which no judge trained on): name -> (K, H, W) uint8 slices ordered by slice number, lowest
+    first (patients whose slices differ in size left out)."""
     patients: dict[str, list[Path]] = {}
-    for split in SPLITS:
+    for split in splits:
         folder = Path(data_root) / split / label
         if folder.is_dir():
             for path in sorted(folder.iterdir()):
@@ -120,10 +123,14 @@ def real_patient_stacks(data_root: str | Path, label: str) -> dict[str, np.ndarr
 
 
 def measure_against_real(stacks: np.ndarray, real: dict[str, np.ndarray], length: int,
-                         first: int, resolution: int) -> dict | None:
+                         first: int, resolution: int, label_id: int, judge=None,
+                         level_judge=None) -> dict | None:
     """``stack_metrics.stack_report`` of the generated stacks against the real patients with
     ``length`` slices at the same levels (slices ``first`` onwards), both at the model's
-    resolution; None when no real patient has ``length`` slices."""
+    resolution, and with a judge (``judge.Judge``, as evaluate.py caches it in MODEL/judge) its
+    stack-level accuracy and own-stack nearest neighbour in its feature space, with a level
+    judge (MODEL/judge_level) the mean level error per slice; None when no real patient has
+    ``length`` slices."""
     k = stacks.shape[1]
     chosen = [s[first : first + k] for s in real.values() if len(s) == length]
     if not chosen or k < 2:
@@ -132,7 +139,38 @@ def measure_against_real(stacks: np.ndarray, real: dict[str, np.ndarray], length
     def model_size(group):
         return np.stack([[to_model_input(p, resolution) for p in one] for one in group])
 
-    return stack_report(model_size(stacks), model_size(chosen))
+    sets = {"generated": model_size(stacks), "real": model_size(chosen)}
+    report = stack_report(sets["generated"], sets["real"])
+    levels = np.asarray(stack_levels_of(first, k, length))
+    for name, group in sets.items():
+        flat = torch.from_numpy(group.reshape(-1, 1, resolution, resolution))
+        ids = np.repeat(np.arange(len(group)), k)
+        if judge is not None and judge.resolution == resolution:
+            report.setdefault("judge_stack_accuracy", {})[name] = stack_accuracy(
+                judge.probabilities(flat), ids, np.full(len(ids), label_id))
+            report.setdefault("judge_own_stack_nearest", {})[name] = own_stack_nearest(
+                judge.features(flat), ids)
+        if level_judge is not None and level_judge.resolution == resolution:
+            error = np.abs(level_judge.positions(flat) - np.tile(levels, len(group)))
+            report.setdefault("level_error", {})[name] = float(error.mean())
+    return report
+
+
+def stack_levels_of(first: int, k: int, length: int) -> list[float]:
+    """The levels of slices ``first`` .. ``first + k - 1`` of a ``length``-slice stack."""
+    return [(first + i) / max(length - 1, 1) for i in range(k)]
+
+
+def load_judges(model_dir) -> tuple:
+    """(label judge, level judge) cached by evaluate.py in MODEL/judge and MODEL/judge_level,
+    each None where absent or unreadable."""
+    out = []
+    for name in ("judge", "judge_level"):
+        try:
+            out.append(Judge.load(Path(model_dir) / name))
+        except (OSError, ValueError, KeyError, RuntimeError):
+            out.append(None)
+    return tuple(out)
 
 
 def generate_subjects(pipe, label: str, subjects: int, stack: int | None, *, seed: int,
@@ -178,6 +216,7 @@ def subjects_to_folder(model_dir, labels: list[str], out_dir, *, subjects: int, 
     record = {"model": str(model_dir), "seed": seed, **settings, "stack": stack,
               "pixel_mm": PIXEL_MM, "slice_mm": SLICE_MM, "labels": {}, "complete": False}
     write_json(out_dir / "subjects.json", record)  # marks the folder as this script's from now on
+    judges = load_judges(model_dir) if data is not None else (None, None)
     for label in labels:
         t0 = time.time()
         stacks = generate_subjects(pipe, label, subjects, stack, seed=seed, settings=settings,
@@ -200,7 +239,8 @@ def subjects_to_folder(model_dir, labels: list[str], out_dir, *, subjects: int, 
         record["labels"][label] = {
             "subjects": names, "folder": label, "volumes": "volumes",
             "reslice": f"reslice_{label}.png", "real_patient": shown_real, "seconds": seconds,
-            "measures": measure_against_real(stacks, real, length, first, pipe.resolution)}
+            "measures": measure_against_real(stacks, real, length, first, pipe.resolution,
+                                             pipe.label_ids([label])[0], *judges)}
     record["complete"] = True
     write_json(out_dir / "subjects.json", record)
     return record

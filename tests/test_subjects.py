@@ -118,7 +118,7 @@ def test_sample_cli_writes_subjects_volumes_and_reslices(tiny_stack_model, tiny_
     record = json.loads((out / "subjects.json").read_text())
     info = record["labels"]["AD"]
     assert record["complete"] and info["real_patient"] and (out / info["reslice"]).is_file()
-    assert info["measures"]["stacks"] == {"generated": 2, "real": 5, "slices_per_stack": 3}
+    assert info["measures"]["stacks"] == {"generated": 2, "real": 2, "slices_per_stack": 3}
     volume = nib.load(out / "volumes" / "synthetic-AD-000.nii.gz")
     assert volume.shape == (256, 240, 3) and volume.get_data_dtype() == np.uint8
     assert np.allclose(volume.header.get_zooms(), (0.95, 0.95, 1.2))
