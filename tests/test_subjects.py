@@ -205,3 +205,26 @@ def test_shape_spread_is_relative_to_the_reference_at_each_level():
     assert shape_spread(real, real) == 0.0  # normalised by level, a widening is no spread
     wobbly = stacks([[10, 30, 30]])
     assert shape_spread(wobbly, real) > 0.1
+
+
+def test_a_killed_stack_run_resumes_bit_identical(tiny_vae_run, tiny_data, tmp_path):
+    from .test_resume import (
+        CHECKPOINT_WEIGHTS,
+        KILL_AFTER,
+        _assert_same_tensors,
+        _finish,
+        _ok,
+        _start,
+    )
+
+    args = ["train_unet.py", "--config", str(TINY), "--data", str(tiny_data), "--vae",
+            str(tiny_vae_run / "vae"), *STACK]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    first = _start(args, straight, 1)
+    code, output = _finish(_start(args, interrupted, 1, kill_after=KILL_AFTER))
+    assert code == -9, output[-4000:]
+    _ok(_start(args, interrupted, 1, resume=True))
+    _ok(first)
+    for name in ["unet/diffusion_pytorch_model.safetensors", *CHECKPOINT_WEIGHTS]:
+        _assert_same_tensors(straight / name, interrupted / name)
+    assert json.loads((straight / "model_index.json").read_text())["stack_length"] == 4
