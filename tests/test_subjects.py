@@ -228,3 +228,22 @@ def test_a_killed_stack_run_resumes_bit_identical(tiny_vae_run, tiny_data, tmp_p
     for name in ["unet/diffusion_pytorch_model.safetensors", *CHECKPOINT_WEIGHTS]:
         _assert_same_tensors(straight / name, interrupted / name)
     assert json.loads((straight / "model_index.json").read_text())["stack_length"] == 4
+
+
+def test_measures_against_real_patients_with_judges():
+    from pipelines.judge import Judge, JudgeModel, judge_config
+    from pipelines.subjects import measure_against_real
+
+    torch.manual_seed(0)
+    judges = [Judge(JudgeModel(judge_config(t)), 32) for t in ("label", "position")]
+    rng = np.random.default_rng(0)
+    generated = rng.integers(0, 255, (2, 3, 240, 256)).astype(np.uint8)
+    real = {"p1": rng.integers(0, 255, (4, 240, 256)).astype(np.uint8),
+            "p2": rng.integers(0, 255, (4, 240, 256)).astype(np.uint8),
+            "short": rng.integers(0, 255, (2, 240, 256)).astype(np.uint8)}  # other levels
+    report = measure_against_real(generated, real, 4, 0, 32, 1, *judges)
+    assert report["stacks"] == {"generated": 2, "real": 2, "slices_per_stack": 3}
+    for key in ("judge_stack_accuracy", "judge_own_stack_nearest", "level_error"):
+        assert set(report[key]) == {"generated", "real"}
+        assert all(0 <= v <= 1 for v in report[key].values())
+    assert measure_against_real(generated, {"short": real["short"]}, 4, 0, 32, 1) is None
