@@ -94,6 +94,9 @@ class UNetConfig(TrainConfig):
     #   (a one-hot label token read by cross-attention); docs/RESULTS.md compares the two
     level_conditioning: bool = False  # also condition on the slice's level in its patient's
     #   stack (0 = lowest slice number, 1 = highest); needs conditioning class_embed
+    stack_conditioning: bool = False  # also read the next-lower slice's latent of the same
+    #   patient (synthetic subjects slice by slice, pipe.subjects); needs level_conditioning
+    neighbour_drop_prob: float = 0.15  # that neighbour left out this often (the first slice)
     cond_drop_prob: float = 0.15  # label dropped to the null label this often (CFG; the level
     #   is always given)
     prediction_type: str = "v_prediction"  # epsilon | v_prediction
@@ -329,6 +332,12 @@ def check_config(cfg: Config) -> None:
         raise UserError(f"config key unet.level_conditioning true needs unet.conditioning "
                         f"class_embed (the level joins the label's embedding), got "
                         f"{cfg.unet.conditioning!r}")
+    if cfg.unet.stack_conditioning and not cfg.unet.level_conditioning:
+        raise UserError("config key unet.stack_conditioning true needs unet.level_conditioning "
+                        "true (the stack's slices are placed by level)")
+    if not 0 <= cfg.unet.neighbour_drop_prob < 1:
+        raise UserError(f"config key unet.neighbour_drop_prob must be in [0, 1), got "
+                        f"{cfg.unet.neighbour_drop_prob}")
     factor = 2 ** (len(cfg.vae.block_out_channels) - 1)
     crop = cfg.vae.train_crop
     if crop and (crop % factor or crop > cfg.data.resolution):

@@ -34,9 +34,11 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> tor
 
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, class_labels: torch.Tensor,
                    snr_gamma: float, generator: torch.Generator | None = None,
-                   slice_positions: torch.Tensor | None = None) -> torch.Tensor:
+                   slice_positions: torch.Tensor | None = None,
+                   neighbours: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample weighted MSE of the UNet's epsilon or v prediction at a random timestep
-    (``slice_positions``: the levels, for a level-conditioned UNet)."""
+    (``slice_positions``: the levels, for a level-conditioned UNet; ``neighbours``: a
+    stack-conditioned UNet's extra input channels, beside the noisy latents)."""
     noise = torch.randn(latents.shape, generator=generator, device=latents.device)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                               generator=generator, device=latents.device)
@@ -44,7 +46,9 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, class_labels: t
     prediction_type = noise_scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else \
         noise_scheduler.get_velocity(latents, noise, timesteps)
-    pred = unet(noisy, timesteps, **condition_inputs(unet, class_labels, slice_positions)).sample
+    model_input = noisy if neighbours is None else torch.cat([noisy, neighbours], dim=1)
+    pred = unet(model_input, timesteps,
+                **condition_inputs(unet, class_labels, slice_positions)).sample
     mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
     alphas = noise_scheduler.alphas_cumprod.to(latents.device)[timesteps]
     snr = alphas / (1 - alphas)

@@ -11,6 +11,8 @@ saved model folder carries this file and loads in plain diffusers::
     counterfactuals = edit(images, "NC", "AD").images  # the measured defaults (EDIT_DEFAULTS)
     # a level-conditioned model: each slice at its level in the stack (0 lowest, 1 highest)
     images = pipe(["AD", "AD"], slice_positions=[0.1, 0.9], generator=torch.manual_seed(0)).images
+    # a stack-conditioned model: synthetic subjects, each a stack of slices of one made-up brain
+    stacks = pipe.subjects("AD", num_subjects=2, stack=20, generator=torch.manual_seed(0)).images
 """
 
 from __future__ import annotations
@@ -128,6 +130,40 @@ def condition_inputs(unet, class_labels: torch.Tensor,
     return {"class_labels": class_labels}
 
 
+def is_stack_conditioned(unet) -> bool:
+    """Whether ``unet`` also reads a neighbouring slice: 2C + 1 input channels for C output
+    channels (its latent, the next-lower slice's latent, a "neighbour present" channel)."""
+    config = getattr(unet, "module", unet).config
+    return config.in_channels == 2 * config.out_channels + 1
+
+
+def neighbour_channels(neighbours: torch.Tensor | None, like: torch.Tensor,
+                       present: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C + 1, h, w), the extra input of a stack-conditioned UNet: the neighbours' latents
+    where ``present`` (N,) is true (all when None), zero elsewhere, and ``present`` as a
+    channel; ``neighbours`` None: no neighbour for any (zeros)."""
+    n, c, h, w = like.shape
+    if neighbours is None:
+        return like.new_zeros(n, c + 1, h, w)
+    mask = (torch.ones(n, device=like.device) if present is None else present.to(like.device))
+    mask = mask.to(like.dtype)[:, None, None, None]
+    return torch.cat([neighbours.to(like.dtype) * mask, mask.expand(n, 1, h, w)], dim=1)
+
+
+def stack_levels(stack, stack_length) -> list[float]:
+    """Levels of ``stack`` consecutive slices one training-stack step (1 / (stack_length - 1))
+    apart, on the training levels, centred in [0, 1] (ValueError when they do not fit)."""
+    if not stack_length or stack_length < 2:
+        raise ValueError("this model does not record how many slices its training patients "
+                         "had (train it with --unet.stack_conditioning true)")
+    if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or \
+            not 1 <= stack <= stack_length:
+        raise ValueError(f"stack must be a whole number from 1 to {stack_length} (the slices "
+                         f"per patient this model was trained on), got {stack!r}")
+    step = 1 / (stack_length - 1)
+    return [((stack_length - stack) // 2 + k) * step for k in range(stack)]
+
+
 def check_positions(values) -> list[float]:
     """Slice levels as given to the pipeline -> a list of floats, each checked to be in [0, 1]."""
     if isinstance(values, torch.Tensor):
@@ -210,6 +246,8 @@ class ADNIDiffusionPipeline(SlicePipeline):
         level_conditioned: recorded in model_index.json for readers; the UNet decides it (a
             UNet2DConditionModel with the "text_time" addition embedding reads the level, as
             does one of the first format, with ``class_embed_type="projection"``).
+        stack_length: slices per training patient, for a stack-conditioned UNet (``subjects``);
+            None in a model that makes single slices only.
     """
 
     model_cpu_offload_seq = "unet->vae"
@@ -217,7 +255,8 @@ class ADNIDiffusionPipeline(SlicePipeline):
     def __init__(self, vae: AutoencoderKL, unet: UNet2DModel | UNet2DConditionModel,
                  scheduler: SchedulerMixin, class_names=CLASS_NAMES, native_size=NATIVE_SIZE,
                  guidance_scale: float = 2.0, num_inference_steps: int = 20,
-                 level_conditioned: bool | None = None, guidance_interval=None):
+                 level_conditioned: bool | None = None, guidance_interval=None,
+                 stack_length: int | None = None):
         # typed: from_pipe hands over only components whose type matches
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
@@ -225,7 +264,8 @@ class ADNIDiffusionPipeline(SlicePipeline):
                                 guidance_scale=float(guidance_scale),
                                 num_inference_steps=int(num_inference_steps),
                                 level_conditioned=is_level_conditioned(unet),
-                                guidance_interval=interval_value(guidance_interval))
+                                guidance_interval=interval_value(guidance_interval),
+                                stack_length=None if stack_length is None else int(stack_length))
 
     @property
     def null_label(self) -> int:
@@ -239,6 +279,10 @@ class ADNIDiffusionPipeline(SlicePipeline):
     @property
     def level_conditioned(self) -> bool:
         return is_level_conditioned(self.unet)
+
+    @property
+    def stack_conditioned(self) -> bool:
+        return is_stack_conditioned(self.unet)
 
     def positions_for(self, slice_positions, num_labels: int, per_label: int,
                       generator=None) -> torch.Tensor:
@@ -330,7 +374,7 @@ class ADNIDiffusionPipeline(SlicePipeline):
         device = self._execution_device
         labels = torch.tensor(ids, device=device)
         unet_cfg = self.unet.config
-        shape = (len(ids), unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
+        shape = (len(ids), unet_cfg.out_channels, unet_cfg.sample_size, unet_cfg.sample_size)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         positions = None
         if self.level_conditioned:
@@ -342,6 +386,56 @@ class ADNIDiffusionPipeline(SlicePipeline):
                                self.scheduler.timesteps, generator, positions, interval)
         images = latents if output_type == "latent" else \
             self.postprocess(self.decode_latents(latents), output_type, native_size)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    @torch.no_grad()
+    def subjects(self, class_labels, num_subjects: int = 1, stack: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 output_type: str = "pil", native_size: bool = True,
+                 guidance_scale: float | None = None, num_inference_steps: int | None = None,
+                 guidance_interval="saved", return_dict: bool = True):
+        """Synthetic subjects: ``num_subjects`` stacks per entry of ``class_labels``, each
+        ``stack`` consecutive slices (default: the training patients' count) of one made-up
+        brain, lowest first, at ``stack_levels``. The first slice has no neighbour; each next one
+        is denoised reading the one below's latent (a stack-conditioned model only).
+
+        ``generator``: one, or one per subject (each subject then independent of the batch).
+        Other arguments as in ``__call__``. Returns ImagePipelineOutput whose ``images`` holds one
+        entry per subject: its slices as ``output_type`` gives them ("latent": (S, K, C, h, w)).
+        """
+        if not self.stack_conditioned:
+            raise ValueError("this model makes single slices only (trained without "
+                             "unet.stack_conditioning); train one with --unet.stack_conditioning "
+                             "true to make subjects")
+        if not isinstance(num_subjects, int) or num_subjects < 1:
+            raise ValueError(f"num_subjects must be an integer >= 1, got {num_subjects!r}")
+        length = self.config.stack_length
+        levels = stack_levels(length if stack is None else stack, length)
+        guidance_scale, num_inference_steps = self.check_settings(guidance_scale,
+                                                                  num_inference_steps)
+        interval = check_interval(self.saved_interval if guidance_interval == "saved"
+                                  else guidance_interval)
+        self.check_output_type(output_type, extra=("latent",))
+        device = self._execution_device
+        ids = [i for i in self.label_ids(class_labels) for _ in range(num_subjects)]
+        labels = torch.tensor(ids, device=device)
+        cfg = self.unet.config
+        shape = (len(ids), cfg.out_channels, cfg.sample_size, cfg.sample_size)
+        below, stacks = None, []
+        for level in levels:
+            latents = randn_tensor(shape, generator=generator, device=device,
+                                   dtype=self.unet.dtype)
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            below = self.denoise(latents * self.scheduler.init_noise_sigma, labels,
+                                 guidance_scale, self.scheduler, self.scheduler.timesteps,
+                                 generator, torch.full((len(ids),), level, device=device),
+                                 interval, neighbour_channels(below, latents))
+            stacks.append(below)
+        latents = torch.stack(stacks, dim=1)
+        images = latents if output_type == "latent" else [
+            self.postprocess(self.decode_latents(one), output_type, native_size)
+            for one in latents]
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
@@ -360,11 +454,13 @@ class ADNIDiffusionPipeline(SlicePipeline):
 
     def denoise(self, latents: torch.Tensor, labels: torch.Tensor, guidance_scale: float,
                 scheduler, timesteps, generator=None, positions: torch.Tensor | None = None,
-                interval: tuple[float, float] | None = None) -> torch.Tensor:
+                interval: tuple[float, float] | None = None,
+                neighbours: torch.Tensor | None = None) -> torch.Tensor:
         """The sampling loop: ``scheduler`` steps over ``timesteps``, each one batched UNet call
         on [unconditional, conditional] when guided (DDIMInverseScheduler runs it backwards).
         ``positions``: a level-conditioned model's slice levels, one per latent; ``interval``:
-        the noise levels where guidance acts (``guided_steps``)."""
+        the noise levels where guidance acts (``guided_steps``); ``neighbours``: a
+        stack-conditioned model's extra channels (``neighbour_channels``; None: no neighbour)."""
         guided = guided_steps(scheduler, timesteps, interval) if guidance_scale > 1 else \
             [False] * len(timesteps)
         # built once, not per step
@@ -375,9 +471,14 @@ class ADNIDiffusionPipeline(SlicePipeline):
             both = condition_inputs(self.unet, nulls, None if positions is None
                                     else torch.cat([positions, positions]))
         extra = {} if isinstance(scheduler, DDIMInverseScheduler) else {"generator": generator}
+        if self.stack_conditioned and neighbours is None:
+            neighbours = neighbour_channels(None, latents)
         for t, guide_here in zip(self.progress_bar(timesteps), guided, strict=True):
             model_input = torch.cat([latents] * 2) if guide_here else latents
             model_input = scheduler.scale_model_input(model_input, t)
+            if neighbours is not None:  # read as given, not scaled like the noisy latent
+                model_input = torch.cat([model_input, torch.cat([neighbours] * 2)
+                                         if guide_here else neighbours], dim=1)
             out = self.unet(model_input, t, **(both if guide_here else conditional)).sample
             if guide_here:
                 out = guide(*out.chunk(2), guidance_scale)
@@ -662,7 +763,10 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
             noise = randn_tensor(start.shape, generator=generator, device=start.device,
                                  dtype=start.dtype)
             noisy = scheduler.add_noise(start, noise, t[None]).repeat(2, 1, 1, 1)
-            out = self.unet(scheduler.scale_model_input(noisy, t), t, **both).sample
+            model_input = scheduler.scale_model_input(noisy, t)
+            if self.stack_conditioned:
+                model_input = torch.cat([model_input, neighbour_channels(None, noisy)], dim=1)
+            out = self.unet(model_input, t, **both).sample
             target, source = scheduler.step(out, t, noisy).pred_original_sample.chunk(2)
             target = source + guidance_scale * (target - source)
             if not decode:

@@ -34,16 +34,19 @@ from ..vae.model import load_vae, vae_downsample_factor
 from .latents import build_latent_cache
 from .objective import diffusion_loss, drop_labels, training_scheduler
 from .pipeline_adni import ADNIDiffusionPipeline, make_scheduler
+from .stack import next_lower_slices, sample_with_neighbours, typical_stack_length
 from .unet import build_unet
 
 
-def build_pipeline(vae, unet, noise_scheduler, sample_cfg) -> ADNIDiffusionPipeline:
-    """The pipeline as saved: the config's sampler, steps and guidance become its defaults."""
+def build_pipeline(vae, unet, noise_scheduler, sample_cfg,
+                   stack_length: int | None = None) -> ADNIDiffusionPipeline:
+    """The pipeline as saved: the config's sampler, steps and guidance become its defaults
+    (``stack_length``: a stack-conditioned model's slices per training patient)."""
     return ADNIDiffusionPipeline(
         vae=vae, unet=unet, scheduler=make_scheduler(sample_cfg.scheduler, noise_scheduler.config),
         guidance_scale=sample_cfg.guidance_scale,
         num_inference_steps=sample_cfg.num_inference_steps,
-        guidance_interval=sample_cfg.guidance_interval or None)
+        guidance_interval=sample_cfg.guidance_interval or None, stack_length=stack_length)
 
 
 def interval_text(interval: list) -> str:
@@ -56,6 +59,9 @@ def model_card(cfg: Config, data_root, metrics: dict) -> str:
     tags = ["latent-diffusion", "medical-imaging", "brain-mri", "adni", "class-conditional"]
     level_text = ("conditioned on the label and the slice level (0 = a patient's lowest slice, "
                   "1 = its highest)" if cfg.unet.level_conditioning else "label-conditioned")
+    if cfg.unet.level_conditioning and cfg.unet.stack_conditioning:
+        level_text += (f", and on the slice below (synthetic subjects of up to "
+                       f"{metrics['stack_length']} slices: `pipe.subjects`)")
     return card_header(tags, "ADNIDiffusionPipeline") + f"""
 # ADNI AD/NC class-conditioned latent diffusion
 
@@ -126,23 +132,33 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
                       f"{tuple(cache.mean.shape[1:])} latents, {accelerator.num_processes} "
                       f"process(es), {accelerator.mixed_precision}")
 
+    stacked = ucfg.level_conditioning and ucfg.stack_conditioning
+    below = next_lower_slices(train_set.patients, cache.positions) if stacked else None
+    stack_length = typical_stack_length(train_set.patients) if stacked else None
+
     def get_batch(indices, generator):  # generator: this micro-step's, from run_training
-        latents = cache.sample(indices, scaling, generator).to(accelerator.device)
+        neighbours = None
+        if stacked:
+            latents, neighbours = sample_with_neighbours(cache, indices, below, scaling,
+                                                         ucfg.neighbour_drop_prob, generator)
+            neighbours = neighbours.to(accelerator.device)
+        else:
+            latents = cache.sample(indices, scaling, generator)
         labels = drop_labels(cache.labels[indices], ucfg.cond_drop_prob, generator)
-        return latents, labels.to(accelerator.device), cache.positions[indices].to(
-            accelerator.device)
+        return latents.to(accelerator.device), labels.to(accelerator.device), \
+            cache.positions[indices].to(accelerator.device), neighbours
 
     def loss_fn(model, batch, step):
-        latents, labels, positions = batch
+        latents, labels, positions, neighbours = batch
         loss = diffusion_loss(model, noise_scheduler, latents, labels, ucfg.snr_gamma,
-                              slice_positions=positions).mean()
+                              slice_positions=positions, neighbours=neighbours).mean()
         return loss, {"loss": loss.detach()}
 
     def ema_unet():
         return ema.copy(accelerator.unwrap_model(unet))
 
     def on_validation(step):
-        pipe = build_pipeline(vae, ema_unet(), noise_scheduler, cfg.sample).to(
+        pipe = build_pipeline(vae, ema_unet(), noise_scheduler, cfg.sample, stack_length).to(
             accelerator.device)
         pipe.set_progress_bar_config(disable=True)
         n = ucfg.num_validation_images
@@ -173,9 +189,11 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
             "train_patients": len(set(train_set.patients)), "vae": str(vae_path),
             "latent_cache": cache.key, "output_dir": str(output_dir),
             "class_names": list(CLASS_NAMES), "level_conditioned": ucfg.level_conditioning,
+            "stack_conditioned": stacked, "stack_length": stack_length,
             "labels_in_training": np.bincount(cache.labels.numpy(), minlength=2).tolist(),
         }
-        pipe = build_pipeline(vae.float(), ema_unet(), noise_scheduler, cfg.sample)
+        pipe = build_pipeline(vae.float(), ema_unet(), noise_scheduler, cfg.sample,
+                              stack_length)
         save_pipeline(pipe, output_dir, model_card(cfg, data_root, metrics))
         write_json(output_dir / "metrics.json", metrics)
         accelerator.print(f"saved pipeline to {output_dir} ({state.step} steps)")

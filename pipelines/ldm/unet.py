@@ -43,6 +43,10 @@ def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNe
 
     Down and up blocks are the label-only model's; only the level MLP (83K at the demo size) is
     extra. A stock diffusers model: the saved folder loads in plain diffusers.
+
+    ``stack_conditioning`` (on the level-conditioned model): the input also holds the next-lower
+    slice's latent and a "neighbour present" channel (``pipeline_adni.neighbour_channels``), so
+    the UNet reads 2C + 1 channels and predicts C (cDPM-style, Peng et al. 2023).
     """
     levels = len(cfg.block_out_channels)
     attention = list(cfg.attention_levels)
@@ -50,7 +54,9 @@ def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNe
         raise UserError(f"unet.attention_levels needs {levels} entries (one per block), "
                         f"got {attention}")
     widths = tuple(cfg.block_out_channels)
-    common = dict(sample_size=latent_size, in_channels=latent_channels,
+    stacked = cfg.level_conditioning and getattr(cfg, "stack_conditioning", False)
+    common = dict(sample_size=latent_size,
+                  in_channels=2 * latent_channels + 1 if stacked else latent_channels,
                   out_channels=latent_channels, block_out_channels=widths,
                   layers_per_block=cfg.layers_per_block, norm_num_groups=min(32, min(widths)))
     if cfg.conditioning == "class_embed" and cfg.level_conditioning:
