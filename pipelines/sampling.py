@@ -153,7 +153,7 @@ def check_level_model(pipe: SlicePipeline, model_dir) -> None:
 
 def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_size: int,
              settings: dict, native_size: bool = True, latents: bool = False,
-             progress: bool = True, positions=None, callback=None):
+             progress: bool = True, positions=None, callback=None, first: int = 0):
     """``num_images`` images of one label, batched, each from its own seeded generator.
 
     ``positions``: a level-conditioned model's level, one number or one per image (None: the
@@ -162,7 +162,9 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
 
     Returns (N, H, W) uint8 pixels (native 256x240, or the model's square), or with
     ``latents=True`` the scaled latents of a diffusion model. ``callback(done, total)`` is called
-    after each batch (the app's progress bar).
+    after each batch (the app's progress bar). ``first``: the index of the first image, so
+    images ``first`` .. ``first + num_images - 1`` of a larger set (one process's share) are the
+    same as in the whole set.
     """
     if positions is not None:
         positions = np.broadcast_to(np.asarray(positions, dtype=np.float64), (num_images,))
@@ -175,7 +177,7 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
     bar = tqdm(total=num_images, desc=f"sample {label}", disable=not progress, leave=False)
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
-        gens = [torch.Generator().manual_seed(image_seed(seed, label_id, start + i))
+        gens = [torch.Generator().manual_seed(image_seed(seed, label_id, first + start + i))
                 for i in range(n)]
         levels = {} if positions is None else \
             {"slice_positions": positions[start : start + n].tolist()}
