@@ -13,7 +13,7 @@ Stages: ``inspect`` (python -m pipelines.data inspect), ``decode`` (the train sp
 2 decoding workers), ``vae`` and ``unet`` (train_vae.py, train_unet.py: 20 steps; the U-Net's
 includes encoding the latent cache of every train slice and its mirror), ``evaluate``
 (evaluate.py, 1,000 generated per label, 2 sampling steps, judges of 60 steps) and ``embed``
-(embed.py on the test split plus 1,000 generated, 2 sampling steps).
+(embed.py on the whole test split, at most 9,000, plus 1,000 generated, 2 sampling steps).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def commands(stage: str, data: Path, out: Path) -> list[str]:
         "evaluate": [py, "evaluate.py", *model, "--out", str(out / "eval"),
                      "--num_images", "1000"],
         "embed": [py, "embed.py", *model, "--out", str(out / "embed"),
-                  "--with_generated", "1000"],
+                  "--with_generated", "1000", "--max_images", "9000"],
     }[stage]
 
 
