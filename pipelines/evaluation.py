@@ -36,7 +36,7 @@ from .slices import NATIVE_SIZE, to_native
 # the memorisation check's shortlist: exact SSIM with each query's k nearest train slices by L2
 # on 32 px pooled images (``metrics.nearest_ssim``); agreement with the exact search:
 # docs/RESULTS.md, "Scale rehearsal" (bench/bench_shortlist.py)
-MEMORISATION_CANDIDATES = 32
+MEMORISATION_CANDIDATES = 64
 
 
 def _subset(slices: SliceSet, n: int, seed: int) -> SliceSet:
