@@ -10,17 +10,24 @@ OUT/spectrum.png (the sharpness measure: power spectra of generated, real and VA
 slices at the native size). A second network of the judge's kind, cached in MODEL/judge_level,
 predicts each slice's level: its error on real test slices and, for a level-conditioned model, on
 slices generated at levels evenly spaced from 0 to 1, and recall per level third.
+
+Under `accelerate launch --num_processes P evaluate.py ...` the sampling, the judge's features and
+the memorisation search are split across the P processes and gathered; the main process writes.
 """
 
+import numpy as np
 import torch
+from accelerate import Accelerator
 
 from pipelines.cli import check_image_count, model_script_parser, sampling_overrides, seed_arg
 from pipelines.config import check_positive
+from pipelines.distributed import sharded
 from pipelines.errors import UserError, cli_entry
 from pipelines.evaluation import evaluate_generator
 from pipelines.sampling import (
     generate,
     load_pipeline,
+    resolve_device,
     sampling_settings,
     saved_config,
     takes_levels,
@@ -43,13 +50,21 @@ def main(argv=None):
     if num_images < 2:
         raise UserError("--num_images must be at least 2 (diversity needs pairs)")
     check_image_count("--num_images", num_images, low=2)
-    pipe = load_pipeline(args.model, args.device)
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    device = accelerator.device if args.device == "auto" else resolve_device(args.device)
+    pipe = load_pipeline(args.model, str(device))
     settings = sampling_settings(pipe, **sampling_overrides(args))
 
     def sample_fn(label, n, positions=None):
-        images = generate(pipe, label, n, seed=args.seed, batch_size=cfg.sample.batch_size,
-                          settings=settings, native_size=False, positions=positions)
-        return torch.from_numpy(images)[:, None]
+        def share(index):  # this process's images, seeded as in the whole set
+            levels = None if positions is None else np.asarray(positions)[index.numpy()]
+            images = generate(pipe, label, len(index), seed=args.seed,
+                              batch_size=cfg.sample.batch_size, settings=settings,
+                              native_size=False, positions=levels, first=int(index[0]),
+                              progress=accelerator.is_main_process)
+            return torch.from_numpy(images)[:, None]
+
+        return sharded(share, torch.arange(n), accelerator)
 
     reconstruct_fn = None
     if hasattr(pipe, "vae"):  # the VAE round trip: the sharpness a latent model can reach
@@ -65,7 +80,9 @@ def main(argv=None):
                                  else args.skip_corrupt,
                                  reconstruct_fn=reconstruct_fn,
                                  level_conditioned=takes_levels(pipe),
-                                 about={"model": str(args.model)})
+                                 about={"model": str(args.model)}, accelerator=accelerator)
+    if metrics is None:  # not the main process
+        return
     metrics_md = open(f"{out}/metrics.md").read()
     print(metrics_md)
     print(f"wrote {out}/metrics.json ({metrics['seconds']['total']} s)")

@@ -57,7 +57,7 @@ class TrainConfig:
     validation_steps: int = 250  # image grid every N steps
     log_steps: int = 10
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 0  # processes decoding the slices (0: the training process itself)
     ema_decay: float = 0.0  # exponential moving average of the weights, saved as the model; 0 = off
     ema_warmup: bool = True  # decay ramps up from 0 (diffusers EMAModel), capped at ema_decay
 

@@ -351,6 +351,27 @@ def _slice_table(files: list[SliceFile]):
     return table.cast_column("image", datasets.Image())
 
 
+class _DecodedSlices(torch.utils.data.Dataset):
+    """Item i: (i, (R, R) uint8 or None, conversion note, error) of a split's table."""
+
+    def __init__(self, table, resolution: int):
+        self.table, self.resolution = table, resolution
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int):
+        try:
+            arr, note = decode_slice(self.table[i]["image"])
+        except DECODE_ERRORS as err:
+            return i, None, None, str(err) or type(err).__name__
+        return i, to_model_input(arr, self.resolution), note, None
+
+
+def _as_list(batch):
+    return batch
+
+
 def load_split(
     root: str | Path,
     split: str,
@@ -358,8 +379,13 @@ def load_split(
     skip_corrupt: bool = False,
     progress: bool = True,
     max_images: int | None = None,
+    num_workers: int = 0,
 ) -> SliceSet:
-    """Decode ``split`` to (N, 1, R, R) uint8, reporting everything that was not a clean slice."""
+    """Decode ``split`` to (N, 1, R, R) uint8, reporting everything that was not a clean slice.
+
+    ``num_workers``: decoding processes (0: in this one). Cost: linear in the files; the
+    result holds N * R * R bytes.
+    """
     from tqdm.auto import tqdm
 
     if split not in SPLITS:
@@ -382,16 +408,22 @@ def load_split(
     pixels = np.zeros((len(files), 1, resolution, resolution), dtype=np.uint8)
     good = np.ones(len(files), dtype=bool)
     corrupt, converted = [], []
-    for i in tqdm(range(len(files)), desc=f"decode {split}", disable=not progress, leave=False):
-        try:
-            arr, note = decode_slice(table[i]["image"])
-        except DECODE_ERRORS as err:
-            corrupt.append({"file": files[i].relpath, "reason": str(err) or type(err).__name__})
-            good[i] = False
-            continue
-        if note:
-            converted.append({"file": files[i].relpath, "reason": note})
-        pixels[i, 0] = to_model_input(arr, resolution)
+    # forkserver, not fork: a child forked while torch's threads hold a lock can hang
+    loader = torch.utils.data.DataLoader(
+        _DecodedSlices(table, resolution), batch_size=64, num_workers=num_workers,
+        collate_fn=_as_list, multiprocessing_context="forkserver" if num_workers else None)
+    bar = tqdm(total=len(files), desc=f"decode {split}", disable=not progress, leave=False)
+    for batch in loader:
+        for i, arr, note, error in batch:
+            if error is not None:
+                corrupt.append({"file": files[i].relpath, "reason": error})
+                good[i] = False
+                continue
+            if note:
+                converted.append({"file": files[i].relpath, "reason": note})
+            pixels[i, 0] = arr
+        bar.update(len(batch))
+    bar.close()
     if corrupt and not skip_corrupt:
         names = "\n  ".join(f"{c['file']}: {c['reason']}" for c in corrupt)
         raise UserError(f"{len(corrupt)} corrupt image(s) in {root}:\n  {names}\nremove them, or "
@@ -437,9 +469,12 @@ def patient_split(patients: list[str], labels, fraction: float, seed: int = 0):
     return train, val
 
 
-def load_train_val(root, data_cfg, progress: bool = True) -> tuple[SliceSet, SliceSet]:
-    """The train split, decoded, cut into (train, validation) by patient."""
-    full = load_split(root, "train", data_cfg.resolution, data_cfg.skip_corrupt, progress)
+def load_train_val(root, data_cfg, progress: bool = True,
+                   num_workers: int = 0) -> tuple[SliceSet, SliceSet]:
+    """The train split, decoded (in ``num_workers`` processes), cut into (train, validation) by
+    patient."""
+    full = load_split(root, "train", data_cfg.resolution, data_cfg.skip_corrupt, progress,
+                      num_workers=num_workers)
     train_idx, val_idx = patient_split(full.patients, full.labels, data_cfg.val_patients_fraction,
                                        data_cfg.split_seed)
     train, val = full.subset(train_idx), full.subset(val_idx)  # levels stay the whole stack's

@@ -470,6 +470,10 @@ def run_embedding(model_dir, data_root, out_dir, *, split: str = "test", method:
     ``method`` and ``max_images`` default to the model config's ``eval.embed_method`` and
     ``eval.max_real_images``; the sampler, steps and guidance are the model's saved ones, with
     ``sampling`` (flags: scheduler, num_inference_steps, guidance_scale) over them.
+
+    Cost, for N real (at most ``max_images``) and G generated slices: O(N + G) network passes;
+    the k-NN label measures are exact, O((N + G)^2) distances in blocks (81M at N = 9,000);
+    UMAP and Barnes-Hut t-SNE about (N + G) log(N + G); the silhouette is subsampled.
     """
     cfg = saved_config(model_dir)
     method = method or cfg.eval.embed_method

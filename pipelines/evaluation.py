@@ -17,6 +17,7 @@ import torch
 
 from .config import EvalConfig
 from .data import CLASS_NAMES, SliceSet, load_split
+from .distributed import sharded
 from .errors import UserError
 from .files import write_json
 from .judge import Judge, judge_for, tstr_accuracy
@@ -31,6 +32,11 @@ from .plots import grid, save_grid, save_png
 from .runs import check_writable_dir
 from .sharpness import compare_spectra, plot_spectra
 from .slices import NATIVE_SIZE, to_native
+
+# the memorisation check's shortlist: exact SSIM with each query's k nearest train slices by L2
+# on 32 px pooled images (``metrics.nearest_ssim``); agreement with the exact search:
+# docs/RESULTS.md, "Scale rehearsal" (bench/bench_shortlist.py)
+MEMORISATION_CANDIDATES = 64
 
 
 def _subset(slices: SliceSet, n: int, seed: int) -> SliceSet:
@@ -164,7 +170,7 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
                        inception_weights: str | None = None, progress: bool = True,
                        sampling: dict | None = None, skip_corrupt: bool = False,
                        reconstruct_fn=None, level_conditioned: bool = False,
-                       about: dict | None = None) -> dict:
+                       about: dict | None = None, accelerator=None) -> dict | None:
     """Evaluate ``sample_fn(label, n) -> (n, 1, R, R) uint8`` against the real AD_NC splits.
 
     ``level_conditioned``: the model takes levels; ``sample_fn(label, n, positions)`` is then
@@ -174,32 +180,53 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
     ``reconstruct_fn(pixels) -> pixels``: the model's VAE round trip at its resolution, if it has
     one; its sharpness is the reference the generated slices' is compared with.
     ``about``: what was evaluated (e.g. the model folder), first in metrics.json.
+    ``accelerator``: the judge, the level regressor and the TSTR/TRTR classifiers run on its
+    device; with several processes ``sample_fn`` is expected to gather its own images, the
+    features and memorisation searches are split across the processes and gathered, and only
+    the main process measures the rest and writes (the others return None).
+
+    Cost: loading is linear in the slices; the judges train a fixed number of steps; features
+    are O(G + T) passes (G generated, T <= ``cfg.max_real_images`` test slices); the
+    memorisation check is O((G + T) * N_train) pooled-image distances plus O((G + T) * k) SSIM
+    pairs (k = ``MEMORISATION_CANDIDATES``); the rest is bounded by G and T.
     """
     check_inception_weights(inception_weights)
     out_dir = check_writable_dir(out_dir, "--out")
     t0 = time.time()
+    device = accelerator.device if accelerator is not None else None
+    is_main = accelerator is None or accelerator.is_main_process
     train_all = load_split(data_root, "train", resolution, skip_corrupt, progress=progress)
     test = _subset(load_split(data_root, "test", resolution, skip_corrupt, progress=progress),
                    cfg.max_real_images, seed)
-    judge, reused = judge_for(train_all, cfg, judge_dir, seed=seed, progress=progress)
-    regressor, _ = judge_for(train_all, cfg, f"{judge_dir}_level", seed=seed, progress=progress,
-                             target="position")
+    with _main_first(accelerator):  # the main process trains and caches, the others load
+        judge, reused = judge_for(train_all, cfg, judge_dir, seed=seed, progress=progress,
+                                  device=device)
+        regressor, _ = judge_for(train_all, cfg, f"{judge_dir}_level", seed=seed,
+                                 progress=progress, target="position", device=device)
     requested = np.linspace(0, 1, num_images) if level_conditioned else None
     gen_parts, label_parts = [], []
     t_sample = time.time()
     for label, name in enumerate(CLASS_NAMES):
         images = sample_fn(name, num_images) if requested is None else \
             sample_fn(name, num_images, requested)
-        save_grid(images[:32, 0].numpy(), out_dir / f"generated_{name}.png", nrow=8)
+        if is_main:
+            save_grid(images[:32, 0].numpy(), out_dir / f"generated_{name}.png", nrow=8)
         gen_parts.append(images)
         label_parts.append(torch.full((len(images),), label))
     gen, gen_labels = torch.cat(gen_parts), torch.cat(label_parts)
     sampling_seconds = time.time() - t_sample
     train_ref = _subset(train_all, len(test), seed + 1)
-    nn_gen, pair_index = nearest_ssim(gen, train_all.pixels)
-    pre = {"f_gen": judge.features(gen), "f_test": judge.features(test.pixels),
-           "f_train": judge.features(train_ref.pixels), "nn_gen": nn_gen,
-           "nn_test": nearest_ssim(test.pixels, train_all.pixels)[0]}
+
+    def nearest_train(queries):
+        return nearest_ssim(queries, train_all.pixels, MEMORISATION_CANDIDATES)
+
+    nn_gen, pair_index = sharded(nearest_train, gen, accelerator)
+    pre = {"f_gen": sharded(judge.features, gen, accelerator),
+           "f_test": sharded(judge.features, test.pixels, accelerator),
+           "f_train": sharded(judge.features, train_ref.pixels, accelerator), "nn_gen": nn_gen,
+           "nn_test": sharded(nearest_train, test.pixels, accelerator)[0]}
+    if not is_main:
+        return None
 
     def masks(label=None):
         pick = (lambda labels: np.ones(len(labels), dtype=bool)) if label is None else \
@@ -214,9 +241,9 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
         regressor, gen, None if requested is None else np.tile(requested, len(CLASS_NAMES)),
         test, train_ref, pre, metrics["pr_k"])
     real_same_size = _subset(train_all, len(gen), seed + 2)
-    metrics["tstr"] = tstr_accuracy(gen, gen_labels, test, cfg, seed, progress)
+    metrics["tstr"] = tstr_accuracy(gen, gen_labels, test, cfg, seed, progress, device)
     metrics["trtr"] = tstr_accuracy(real_same_size.pixels, real_same_size.labels, test, cfg,
-                                    seed, progress)
+                                    seed, progress, device)
     metrics["inception_fid"] = inception_fid(gen, test, inception_weights)
     metrics["sharpness"] = sharpness_block(gen, gen_labels, test, data_root, cfg, seed,
                                            skip_corrupt, progress, reconstruct_fn,
@@ -231,6 +258,13 @@ def evaluate_generator(sample_fn, data_root, resolution: int, cfg: EvalConfig, o
     write_json(out_dir / "metrics.json", metrics)
     (out_dir / "metrics.md").write_text(metrics_table(metrics))
     return metrics
+
+
+def _main_first(accelerator):
+    """A context in which the main process runs first (then the others), or nothing."""
+    from contextlib import nullcontext
+
+    return nullcontext() if accelerator is None else accelerator.main_process_first()
 
 
 def sharpness_block(gen, gen_labels, test: SliceSet, data_root, cfg: EvalConfig, seed: int,

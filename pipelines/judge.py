@@ -97,11 +97,17 @@ def _schedule(steps: int):
                             0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def _logits(model, pixels, batch_size: int = 256) -> torch.Tensor:
+    """(N, outputs) on the CPU, computed in batches on the model's device."""
     model.eval()
-    return torch.cat([model(pixel_values=model_input(pixels[i : i + batch_size])).logits
-                      for i in range(0, len(pixels), batch_size)])
+    device = _device(model)
+    return torch.cat([model(pixel_values=model_input(pixels[i : i + batch_size]).to(device))
+                      .logits.float().cpu() for i in range(0, len(pixels), batch_size)])
 
 
 def _accuracy(model, pixels, labels) -> float:
@@ -117,7 +123,8 @@ def _score(model, pixels, targets) -> float:
 
 
 def train_classifier(pixels, labels, settings: TrainSettings, val=None, progress: bool = True,
-                     eval_every: int | None = None) -> tuple[JudgeModel, float | None]:
+                     eval_every: int | None = None,
+                     device: str | torch.device | None = None) -> tuple[JudgeModel, float | None]:
     """Train a fresh judge-architecture classifier; returns (model, best validation accuracy).
 
     ``pixels``: (N, 1, R, R) uint8 or float [-1, 1]; ``labels``: (N,) ids, or float levels in
@@ -128,6 +135,9 @@ def train_classifier(pixels, labels, settings: TrainSettings, val=None, progress
     random left-right flips (a mirrored slice keeps its level), fp32. Trained channels-last:
     oneDNN's kernels for its 7x7 stem and narrow 3x3 convolutions run ~1.45x faster that way on
     CPU (RESULTS, "The demo's time"); the weights come back in the default layout.
+    ``device``: where the network trains and stays (an Accelerate device; default the CPU);
+    the data stay on the CPU and move one batch at a time. Cost: ``settings.steps`` batches,
+    whatever the data size.
     """
     from tqdm.auto import tqdm
 
@@ -138,7 +148,7 @@ def train_classifier(pixels, labels, settings: TrainSettings, val=None, progress
     with torch.random.fork_rng():  # seeded weight initialisation, global RNG left alone
         torch.manual_seed(settings.seed)
         model = JudgeModel(judge_config("position" if regression else "label"))
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device or "cpu", memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), settings.learning_rate,
                                   weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings.steps))
@@ -151,13 +161,15 @@ def train_classifier(pixels, labels, settings: TrainSettings, val=None, progress
             order, cursor = torch.randperm(len(labels), generator=generator), 0
         index = order[cursor : cursor + settings.batch_size]
         cursor += settings.batch_size
-        batch = model_input(pixels[index]).contiguous(memory_format=torch.channels_last)
+        batch = model_input(pixels[index])
         if settings.flip:
             batch = random_flip(batch, generator)
+        batch = batch.to(_device(model)).contiguous(memory_format=torch.channels_last)
+        target = labels[index].to(batch.device)
         model.train()
         logits = model(pixel_values=batch).logits
-        loss = F.mse_loss(logits[:, 0], labels[index]) if regression else \
-            F.cross_entropy(logits, labels[index])
+        loss = F.mse_loss(logits[:, 0], target) if regression else \
+            F.cross_entropy(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -181,11 +193,21 @@ class Judge:
     """A trained AD/NC classifier at one resolution: features, predictions, accuracy, save/load."""
 
     def __init__(self, model: JudgeModel, resolution: int, val_accuracy: float | None = None,
-                 meta: dict | None = None):
+                 meta: dict | None = None, batch_size: int = 256):
         self.model = model.eval()
         self.resolution = resolution
         self.val_accuracy = val_accuracy
         self.meta = meta or {}  # data fingerprint and training settings, for the cache
+        self.batch_size = batch_size  # images per forward pass
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self.model)
+
+    def to(self, device) -> Judge:
+        """Move the network to ``device`` (inputs follow it; outputs come back to the CPU)."""
+        self.model.to(device)
+        return self
 
     def _check(self, pixels) -> None:
         if tuple(pixels.shape[-2:]) != (self.resolution, self.resolution):
@@ -193,19 +215,22 @@ class Judge:
                              f"{tuple(pixels.shape[-2:])}")
 
     @torch.no_grad()
-    def features(self, pixels, batch_size: int = 256) -> np.ndarray:
-        """(N, D) pooled penultimate activations: the feature space of FD and precision/recall."""
+    def features(self, pixels, batch_size: int | None = None) -> np.ndarray:
+        """(N, D) pooled penultimate activations: the feature space of FD and precision/recall.
+
+        Computed in batches on the judge's device: O(N) passes."""
         self._check(pixels)
-        backbone = self.model.base_model
+        backbone, batch_size = self.model.base_model, batch_size or self.batch_size
         return torch.cat([
-            backbone(pixel_values=model_input(pixels[i : i + batch_size])).pooler_output.flatten(1)
+            backbone(pixel_values=model_input(pixels[i : i + batch_size]).to(self.device))
+            .pooler_output.flatten(1).float().cpu()
             for i in range(0, len(pixels), batch_size)
         ]).numpy()
 
     def probabilities(self, pixels) -> np.ndarray:
         """(N, 2) class probabilities, columns in ``CLASS_NAMES`` order."""
         self._check(pixels)
-        return _logits(self.model, pixels).softmax(1).numpy()
+        return _logits(self.model, pixels, self.batch_size).softmax(1).numpy()
 
     def predict(self, pixels) -> np.ndarray:
         """(N,) predicted label ids."""
@@ -214,7 +239,7 @@ class Judge:
     def positions(self, pixels) -> np.ndarray:
         """(N,) predicted levels in [0, 1] (a judge trained with ``target="position"``)."""
         self._check(pixels)
-        return _logits(self.model, pixels)[:, 0].clamp(0, 1).numpy()
+        return _logits(self.model, pixels, self.batch_size)[:, 0].clamp(0, 1).numpy()
 
     def accuracy(self, slice_set: SliceSet) -> float:
         return float((self.predict(slice_set.pixels) == slice_set.labels.numpy()).mean())
@@ -224,7 +249,8 @@ class Judge:
         written to a temporary folder and swapped in whole."""
         with atomic_dir(directory) as tmp:
             self.model.config.to_json_file(tmp / CONFIG_FILE)
-            save_file(self.model.state_dict(), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+            state = {k: v.cpu() for k, v in self.model.state_dict().items()}
+            save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
             info = {"resolution": self.resolution, "val_accuracy": self.val_accuracy,
                     "class_names": list(self.model.config.id2label.values()), **self.meta}
             (tmp / JUDGE_FILE).write_text(json.dumps(info, indent=2))
@@ -271,7 +297,7 @@ def _saved_meta(directory: Path, wanted: dict) -> dict | None:
 
 
 def train_judge(train: SliceSet, cfg: EvalConfig, val_fraction: float = 0.1, seed: int = 0,
-                progress: bool = True, target: str = "label") -> Judge:
+                progress: bool = True, target: str = "label", device=None) -> Judge:
     """Train the judge on ``train`` with a patient-level validation split; keep the best weights.
 
     ``target="position"``: the level regressor (same network and recipe, one output); its
@@ -284,17 +310,19 @@ def train_judge(train: SliceSet, cfg: EvalConfig, val_fraction: float = 0.1, see
     fit, held = train.subset(train_idx), train.subset(val_idx)
     targets = {"label": lambda s: s.labels, "position": lambda s: s.positions}[target]
     model, val_acc = train_classifier(fit.pixels, targets(fit), settings,
-                                      val=(held.pixels, targets(held)), progress=progress)
+                                      val=(held.pixels, targets(held)), progress=progress,
+                                      device=device)
     return Judge(model, train.resolution, val_acc,
                  _cache_meta(train, settings, val_fraction, target))
 
 
 def judge_for(train: SliceSet, cfg: EvalConfig, cache_dir: str | Path, val_fraction: float = 0.1,
-              seed: int = 0, progress: bool = True,
-              target: str = "label") -> tuple[Judge, bool]:
+              seed: int = 0, progress: bool = True, target: str = "label",
+              device=None) -> tuple[Judge, bool]:
     """The judge for ``train``: (loaded from ``cache_dir`` if it matches, else trained and saved,
-    whether it was reused). A cached judge matches when data fingerprint and settings are equal
-    (and, for ``target="position"``, the levels).
+    whether it was reused), on ``device`` (default the CPU). A cached judge matches when data
+    fingerprint and settings are equal (and, for ``target="position"``, the levels).
+    Cost: a fixed number of training steps plus the validation passes, linear in the data.
     """
     cache_dir = Path(cache_dir)
     for label, name in enumerate(CLASS_NAMES):
@@ -307,21 +335,21 @@ def judge_for(train: SliceSet, cfg: EvalConfig, cache_dir: str | Path, val_fract
     wanted = _cache_meta(train, TrainSettings.from_eval(cfg, seed), val_fraction, target)
     if _saved_meta(cache_dir, wanted) == wanted:
         try:
-            return Judge.load(cache_dir), True
+            return Judge.load(cache_dir).to(device or "cpu"), True
         except (OSError, ValueError, RuntimeError, SafetensorError):  # damaged: train anew
             pass
-    judge = train_judge(train, cfg, val_fraction, seed, progress, target)
+    judge = train_judge(train, cfg, val_fraction, seed, progress, target, device)
     judge.save(cache_dir)
     return judge, False
 
 
 def tstr_accuracy(pixels, labels, test: SliceSet, cfg: EvalConfig, seed: int = 0,
-                  progress: bool = True) -> float:
+                  progress: bool = True, device=None) -> float:
     """Train on synthetic (pixels, labels), test on the real ``test`` set (Esteban et al. 2017).
 
     Same architecture and recipe as the judge, with ``cfg.tstr_steps`` steps (the sets are a few
     hundred images, not the whole train split); TRTR is this with real images of the same count.
     """
     settings = replace(TrainSettings.from_eval(cfg, seed), steps=cfg.tstr_steps)
-    model, _ = train_classifier(pixels, labels, settings, progress=progress)
+    model, _ = train_classifier(pixels, labels, settings, progress=progress, device=device)
     return Judge(model, test.resolution).accuracy(test)

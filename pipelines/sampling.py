@@ -184,8 +184,9 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
 
     Returns (N, H, W) uint8 pixels (native 256x240, or the model's square), or with
     ``latents=True`` the scaled latents of a diffusion model. ``callback(done, total)`` is called
-    after each batch (the app's progress bar). ``first``: the index of the first image (a
-    sample made in parts is the same as one made at once). A non-finite or blank image is an
+    after each batch (the app's progress bar). ``first``: the index of the first image, so
+    images ``first`` .. ``first + num_images - 1`` of a larger set (one process's share, or a
+    sample written in parts) are the same as in the whole set. A non-finite or blank image is an
     error (:func:`check_images`).
     """
     if positions is not None:

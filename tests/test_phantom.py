@@ -275,3 +275,24 @@ def test_more_counterfactuals_later_rewrite_only_them(paired_set, tmp_path, caps
     assert "nothing to do" in capsys.readouterr().out
     assert before == {p: p.stat().st_mtime_ns for p in before}
     assert len(_files(copy, (COUNTERFACTUAL_DIR,))) == 2 * 2 * 3
+
+
+@pytest.mark.parametrize("size, total", [("adni", 30_520), ("adni_quarter", 7_640)])
+def test_release_sizes_have_the_real_counts_per_split_and_class(size, total):
+    sizes = phantom.SIZES[size]
+    jobs = phantom.plan("unused", sizes["train"], sizes["test"], 20, seed=0)
+    counts = phantom._counts(jobs)
+    if size == "adni":
+        assert counts == {"train": {"AD": 10_400, "NC": 11_120},
+                          "test": {"AD": 4_460, "NC": 4_540}}
+    assert sum(n for cell in counts.values() for n in cell.values()) == total
+    assert len({job.pid for job in jobs}) == len(jobs)  # no patient in two splits
+
+
+def test_per_class_counts_write_and_check(tmp_path):
+    counts = phantom.write_phantom(tmp_path / "set", {"AD": 1, "NC": 2}, {"AD": 1, "NC": 1}, 2,
+                                   workers=1)
+    assert counts == {"train": {"AD": 2, "NC": 4}, "test": {"AD": 2, "NC": 2}}
+    assert inspect_folder(tmp_path / "set")["splits"]["train"]["NC"]["images"] == 4
+    with pytest.raises(UserError, match=r"test_patients\[NC\]"):
+        phantom.write_phantom(tmp_path / "bad", 1, {"AD": 1, "NC": 0}, 2, workers=1)

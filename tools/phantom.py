@@ -36,6 +36,10 @@ Same seed and counts give byte-identical files. Write the default set (2,080 sli
 
     python -m tools.phantom --out data/AD_NC_phantom [--figure docs/phantom_examples.png] \
         [--counterfactuals 3]
+
+``--size adni`` writes the real release's patients per split and class instead (30,520 slices,
+the rehearsal set of ``bench.rehearsal``); ``--size adni_quarter`` a quarter of it. Cost: linear
+in the patients, written in ``--workers`` processes.
 """
 
 from __future__ import annotations
@@ -74,6 +78,12 @@ SEVERITY_BETA = {"NC": (1.5, 6.0), "AD": (3.0, 2.0)}  # Beta(a, b): means 0.2 an
 VENTRICLE_GROWTH_MM = 5.0  # how far the ventricle walls move out at severity 1
 BRAIN_SHRINK = 0.03  # whole-brain size loss at severity 1, drawn once with the anatomy
 MAX_SLICES = 40  # 40 slices span about 50 mm: still within the slab kept from the template
+# patients per split and class of the ADNI AD_NC release at 20 slices each (train AD 10,400 /
+# NC 11,120; test AD 4,460 / NC 4,540: 30,520 slices), and the quarter set for scaling checks
+SIZES = {
+    "adni": {"train": {"AD": 520, "NC": 556}, "test": {"AD": 223, "NC": 227}},
+    "adni_quarter": {"train": {"AD": 130, "NC": 139}, "test": {"AD": 56, "NC": 57}},
+}
 
 
 # ----------------------------------------------------------------------------- templates
@@ -466,11 +476,18 @@ def patient_ids(seed: int, count: int) -> list[str]:
     return [str(i) for i in rng.choice(np.arange(100_000, 1_000_000), count, replace=False)]
 
 
-def plan(out_dir, train_patients: int, test_patients: int, slices: int, seed: int) -> list[Job]:
-    """Every patient of the set, in a fixed order (split, class, index)."""
+def per_label(patients, label: str) -> int:
+    """A split's patient count for ``label``: one number for every class, or {class: number}."""
+    return patients[label] if isinstance(patients, dict) else patients
+
+
+def plan(out_dir, train_patients, test_patients, slices: int, seed: int) -> list[Job]:
+    """Every patient of the set, in a fixed order (split, class, index).
+
+    ``train_patients`` / ``test_patients``: per class, one number or {class: number}."""
     per_class = {"train": train_patients, "test": test_patients}
     cells = [(split, label, i) for split in SPLITS for label in CLASS_NAMES
-             for i in range(per_class[split])]
+             for i in range(per_label(per_class[split], label))]
     ids = patient_ids(seed, len(cells))
     return [Job(str(out_dir), seed, split, label, i, pid, slices)
             for (split, label, i), pid in zip(cells, ids, strict=True)]
@@ -508,8 +525,10 @@ def _params(train_patients: int, test_patients: int, slices: int, seed: int) -> 
 def _check(train_patients, test_patients, slices, seed, workers, counterfactuals=0) -> None:
     """Every count must be a positive integer (slices at most MAX_SLICES); seed >= 0;
     counterfactuals from 0 to the test patients per class."""
-    for name, value in (("train_patients", train_patients), ("test_patients", test_patients),
-                        ("slices", slices), ("workers", workers)):
+    counts = [(f"{name}[{label}]" if isinstance(value, dict) else name, per_label(value, label))
+              for name, value in (("train_patients", train_patients),
+                                  ("test_patients", test_patients)) for label in CLASS_NAMES]
+    for name, value in counts + [("slices", slices), ("workers", workers)]:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise UserError(f"--{name} must be a positive integer, got {value!r}")
     if slices > MAX_SLICES:
@@ -517,12 +536,13 @@ def _check(train_patients, test_patients, slices, seed, workers, counterfactuals
                         f"ventricles), got {slices}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {seed!r}")
-    if 2 * (train_patients + test_patients) > 100_000:
-        raise UserError("at most 50,000 patients per class in train and test together")
+    if sum(value for _, value in counts) > 100_000:
+        raise UserError("at most 100,000 patients in train and test together")
+    fewest_test = min(per_label(test_patients, label) for label in CLASS_NAMES)
     if isinstance(counterfactuals, bool) or not isinstance(counterfactuals, (int, np.integer)) \
-            or not 0 <= counterfactuals <= test_patients:
+            or not 0 <= counterfactuals <= fewest_test:
         raise UserError(f"--counterfactuals must be an integer from 0 to --test_patients "
-                        f"({test_patients}), got {counterfactuals!r}")
+                        f"({fewest_test}), got {counterfactuals!r}")
 
 
 def _read_manifest(out: Path, name: str = MANIFEST) -> dict | None:
@@ -600,7 +620,8 @@ def write_phantom(out_dir, train_patients: int = 42, test_patients: int = 10, sl
                   counterfactual_rule: str = "rank") -> dict:
     """Write the stand-in set to ``out_dir``; returns image counts {split: {class: n}}.
 
-    ``train_patients`` and ``test_patients`` are per class. A folder that already holds the
+    ``train_patients`` and ``test_patients`` are per class (a number, or {class: number} as in
+    :data:`SIZES`). A folder that already holds the
     complete set for the same parameters is left as it is. ``counterfactuals``: also write the
     paired truth of that many test patients per class (:func:`write_counterfactuals`), their
     severities by ``counterfactual_rule``.
@@ -712,6 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train_patients", type=int, default=42, help="patients per class")
     parser.add_argument("--test_patients", type=int, default=10, help="patients per class")
     parser.add_argument("--slices", type=int, default=20, help="consecutive slices per patient")
+    parser.add_argument("--size", choices=list(SIZES), default=None,
+                        help="the real release's patients per split and class, 20 slices each "
+                             "(adni: 30,520 slices; adni_quarter: 7,640); replaces "
+                             "--train_patients, --test_patients and --slices")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="processes")
     parser.add_argument("--figure", help="also save a PNG of example slices (AD and NC) here")
@@ -723,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
                         default="rank", help="the counterfactual's severity (default rank): " +
                         "; ".join(f"{k} = {v}" for k, v in COUNTERFACTUAL_RULES.items()))
     args = parser.parse_args(argv)
+    if args.size:
+        sizes = SIZES[args.size]
+        args.train_patients, args.test_patients, args.slices = sizes["train"], sizes["test"], 20
     write_phantom(args.out, args.train_patients, args.test_patients, args.slices, args.seed,
                   args.workers, args.counterfactuals, args.counterfactual_rule)
     if args.figure:

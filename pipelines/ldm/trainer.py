@@ -115,7 +115,8 @@ def train_unet(cfg: Config, vae_path, data_root, output_dir, resume: str | None 
     if vae.config.sample_size != cfg.data.resolution:
         accelerator.print(f"note: VAE trained at {vae.config.sample_size} px, data at "
                           f"{cfg.data.resolution} px")
-    train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process)
+    train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process,
+                                  num_workers=cfg.unet.num_workers)
     accelerator.print(f"train: {train_set.summary()}")
     cache = build_latent_cache(vae, train_set, cache_dir or output_dir / "latent_cache",
                                cfg.data.flip, accelerator)

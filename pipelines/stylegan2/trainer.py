@@ -85,7 +85,8 @@ def train_stylegan2(cfg: Config, data_root, output_dir, resume: str | None = Non
                                config=cfg)
     accelerator = make_accelerator(cfg.stylegan2, output_dir, find_unused_parameters=True)
     scfg = scale_for_processes(cfg.stylegan2, accelerator.num_processes)
-    train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process)
+    train_set, _ = load_train_val(data_root, cfg.data, progress=accelerator.is_local_main_process,
+                                  num_workers=cfg.stylegan2.num_workers)
     accelerator.print(f"train: {train_set.summary()}")
     generator, discriminator = build_stylegan2(cfg)
     ema = EMAWeights(generator, scfg.ema_decay, scfg.ema_warmup,

@@ -96,7 +96,8 @@ def train_vae(cfg: Config, data_root: str | Path, output_dir: str | Path,
     if note := scaling_note(cfg.vae, vcfg):
         accelerator.print(note)
     train_set, val_set = load_train_val(data_root, cfg.data,
-                                        progress=accelerator.is_local_main_process)
+                                        progress=accelerator.is_local_main_process,
+                                        num_workers=vcfg.num_workers)
     accelerator.print(f"train: {train_set.summary()}\nval (held-out patients): "
                       f"{val_set.summary()}")
     if len(val_set) == 0:
