@@ -43,8 +43,10 @@ def main(argv=None):
                            sampling=sampling_overrides(args), skip_corrupt=args.skip_corrupt)
     counts = record["counts"]
     print(f"{record['method']} of {record['space']} features: {counts['real']['total']} real + "
-          f"{counts['generated']['total']} generated; k-NN accuracy "
-          f"{record['knn_accuracy']['feature']:.3f} (chance {record['chance']:.3f}); "
+          f"{counts['generated']['total']} generated; "
+          + (f"k-NN accuracy {record['knn_accuracy']['feature']:.3f} (chance "
+             f"{record['chance']:.3f}); " if "knn_accuracy" in record else
+             f"label measures {record['label_measures_not_defined']}; ") +
           f"wrote {out}/embedding.{{png,csv,json,md}}, embedding_levels.png")
 
 

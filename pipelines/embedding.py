@@ -65,9 +65,9 @@ BY_PATIENT, PATIENT_SHOWS = 0.5, 0.1  # lift over chance of "nearest is its own 
 READING_HEADING = "## What the numbers say"  # embedding.md's interpretation starts here
 
 
-def fmt(value: float) -> str:
+def fmt(value: float | None) -> str:
     """The one number format of the report: the table and the sentences use the same strings."""
-    return f"{value:.3f}"
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ----------------------------------------------------------------------------- checks
@@ -190,6 +190,24 @@ def generated_agreement(gen_feats, gen_labels, real_feats, real_labels, k: int,
     return out
 
 
+def label_measures_undefined(labels, groups=None) -> str | None:
+    """Why the label measures are not defined for these real slices, or None when they are: they
+    need both labels, and with a patient left out each label needs a second patient (else none of
+    its slices has a neighbour of its own label, and every number would be a fake 0)."""
+    present = sorted(set(np.asarray(labels).tolist()))
+    if len(present) < 2:
+        return (f"not defined here, because the real slices carry one label only "
+                f"({CLASS_NAMES[present[0]] if present else 'none'})")
+    if groups is not None:
+        groups = np.asarray(groups)
+        for label in present:
+            if len(set(groups[np.asarray(labels) == label].tolist())) < 2:
+                return (f"not defined here, because the real {CLASS_NAMES[label]} slices come "
+                        "from one patient: with a slice's own patient left out, none has a "
+                        "neighbour of its label")
+    return None
+
+
 def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
               gen_xy=None, real_groups=None) -> dict:
     """Every number of the report, from features and 2-D coordinates (pure: no models).
@@ -204,20 +222,20 @@ def summarise(real_feats, real_labels, real_xy, gen_feats=None, gen_labels=None,
     k = max(1, min(k, len(real_labels) - largest_patient))
     share = {name: float(np.mean(real_labels == i)) for i, name in enumerate(CLASS_NAMES)}
     spaces = {"feature": real_feats, "map": real_xy}
-    out = {
-        "k": k,
-        "chance": max(share.values()),
-        "class_share": share,
-        "silhouette": {s: silhouette(f, real_labels) for s, f in spaces.items()},
-        "knn_accuracy": {s: knn_label_accuracy(f, real_labels, k, groups=real_groups)
-                         for s, f in spaces.items()},
-        "knn_leaves_patient_out": real_groups is not None,
-    }
+    out = {"k": k, "chance": max(share.values()), "class_share": share,
+           "knn_leaves_patient_out": real_groups is not None}
+    reason = label_measures_undefined(real_labels, real_groups)
+    if reason:
+        out["label_measures_not_defined"] = reason
+    else:
+        out["silhouette"] = {s: silhouette(f, real_labels) for s, f in spaces.items()}
+        out["knn_accuracy"] = {s: knn_label_accuracy(f, real_labels, k, groups=real_groups)
+                               for s, f in spaces.items()}
     if largest_patient > 1:  # else no patient ids (each slice its own)
         nearest = {s: nearest_in_own_group(f, real_groups) for s, f in spaces.items()}
         out["own_patient_nearest"] = {s: share for s, (share, _) in nearest.items()}
         out["own_patient_chance"] = nearest["feature"][1]
-    if gen_feats is not None and len(gen_feats):
+    if gen_feats is not None and len(gen_feats) and not reason:
         gen_labels = np.asarray(gen_labels)
         gen = {"feature": gen_feats, "map": gen_xy}
         out["real_agreement"] = {s: knn_label_share(f, real_labels, k, groups=real_groups)
@@ -322,6 +340,9 @@ def interpret(summary: dict, space: str, method: str) -> list[str]:
     """The report's sentences, each computed from ``summary`` by the rules above."""
     method_name = METHODS.get(method, method)
     sentences = [_patients(summary, space)] if "own_patient_nearest" in summary else []
+    if "label_measures_not_defined" in summary:
+        return sentences + [f"The label measures (k-NN accuracy, silhouette, label agreement) are "
+                            f"{summary['label_measures_not_defined']}."]
     sentences += [_separation(summary, space), _clusters(summary),
                   _map_fidelity(summary, method_name)]
     if "generated_agreement" in summary:
@@ -397,8 +418,10 @@ def write_csv(path: Path, xy: np.ndarray, labels: np.ndarray, generated: np.ndar
 
 def markdown_table(record: dict) -> list[str]:
     left_out = " (own patient left out)" if record.get("knn_leaves_patient_out") else ""
-    rows = [("k-NN label accuracy of real slices" + left_out, record["knn_accuracy"]),
-            ("silhouette by label, real slices", record["silhouette"])]
+    undefined = {"feature": None, "map": None}
+    rows = [("k-NN label accuracy of real slices" + left_out,
+             record.get("knn_accuracy", undefined)),
+            ("silhouette by label, real slices", record.get("silhouette", undefined))]
     if "own_patient_nearest" in record:
         rows.insert(0, ("real slices: nearest other slice is their own patient's (chance "
                         f"{fmt(record['own_patient_chance'])})", record["own_patient_nearest"]))
@@ -417,6 +440,8 @@ def markdown_table(record: dict) -> list[str]:
     lines = [f"| measure (k = {record['k']}) | {record['space']} features | 2-D map |",
              "|---|---:|---:|"]
     lines += [f"| {name} | {fmt(v['feature'])} | {fmt(v['map'])} |" for name, v in rows]
+    if "label_measures_not_defined" in record:
+        lines.append(f"\nThe label measures are {record['label_measures_not_defined']}.")
     return lines
 
 

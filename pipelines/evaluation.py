@@ -67,7 +67,13 @@ def _set_metrics(judge, gen: torch.Tensor, gen_labels: torch.Tensor, test: Slice
     # k = 3 (Kynkaanniemi et al.), fewer only when a tiny set has fewer neighbours to offer
     largest_patient = max(Counter(test.patients).values())
     k = max(1, min(3, len(f_gen) - 1, len(f_test) - largest_patient))
-    precision, recall = precision_recall(f_test, f_gen, k=k, real_groups=test.patients)
+    precision = recall = None
+    pr_note = None
+    if len(f_test) - largest_patient < 1:  # one patient: no other patient to set a radius
+        pr_note = ("not defined here, because these test slices come from one patient: a real "
+                   "slice's radius leaves its own patient out and has no other to reach")
+    else:
+        precision, recall = precision_recall(f_test, f_gen, k=k, real_groups=test.patients)
     predicted = judge.predict(gen)
     measure, div_gen = diversity(gen, seed=seed)
     _, div_real = diversity(test.pixels, seed=seed)
@@ -81,6 +87,7 @@ def _set_metrics(judge, gen: torch.Tensor, gen_labels: torch.Tensor, test: Slice
         "fd": {"gen_vs_test": frechet_distance(f_gen, f_test),
                "train_vs_test": frechet_distance(f_train, f_test)},
         "precision": precision, "recall": recall, "pr_k": k, "judge_acc": acc,
+        **({"precision_recall_not_defined": pr_note} if pr_note else {}),
         "diversity": {"measure": measure, "gen": div_gen, "real": div_real},
         "memorisation": {"gen_nn_ssim_median": float(nn_gen.median()),
                          "test_nn_ssim_median": float(nn_test.median()),
@@ -297,6 +304,10 @@ def sharpness_block(gen, gen_labels, test: SliceSet, data_root, cfg: EvalConfig,
     return block
 
 
+def _defined(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def metrics_table(m: dict) -> str:
     """The metrics as a markdown table: generated vs the real-data reference, per label."""
     rows = [("set", m)] + [(name, block) for name, block in m["per_label"].items()]
@@ -309,8 +320,8 @@ def metrics_table(m: dict) -> str:
 
     row("Frechet distance (judge features), gen vs test", lambda b: f"{b['fd']['gen_vs_test']:.2f}",
         f"train vs test: {m['fd']['train_vs_test']:.2f}")
-    row("precision (k=3)", lambda b: f"{b['precision']:.3f}", "1 = all realistic")
-    row("recall (k=3)", lambda b: f"{b['recall']:.3f}", "1 = covers the data")
+    row("precision (k=3)", lambda b: _defined(b["precision"]), "1 = all realistic")
+    row("recall (k=3)", lambda b: _defined(b["recall"]), "1 = covers the data")
     row("judge accuracy on generated", lambda b: ", ".join(
         f"{k[4:]} {v:.3f}" for k, v in b["judge_acc"].items() if k.startswith("gen_")),
         f"real test: {m['judge_acc']['real_test']:.3f}")
@@ -318,6 +329,10 @@ def metrics_table(m: dict) -> str:
         lambda b: f"{b['diversity']['gen']:.3f}", f"real test: {m['diversity']['real']:.3f}")
     row("median nearest-train SSIM", lambda b: f"{b['memorisation']['gen_nn_ssim_median']:.3f}",
         f"real test: {m['memorisation']['test_nn_ssim_median']:.3f}")
+    for name, block in rows:
+        if "precision_recall_not_defined" in block:
+            lines.append(f"\nPrecision and recall ({'all' if name == 'set' else name}): "
+                         f"{block['precision_recall_not_defined']}.")
     lines.append(f"\nTSTR accuracy {m['tstr']:.3f} vs TRTR {m['trtr']:.3f} (same classifier, "
                  f"same number of training images, tested on real test slices).")
     counts = m["counts"]

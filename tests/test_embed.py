@@ -295,3 +295,19 @@ def test_the_real_slices_chance_leaves_their_patient_out():
                             np.zeros((40, 2)), np.zeros((2, 16)), np.array([0, 1]),
                             np.zeros((2, 2)), np.repeat(np.arange(8), 5))
     assert summary["real_agreement_chance"] == pytest.approx(15 / 35)
+
+
+def test_label_measures_are_not_defined_for_one_patient_or_one_label_and_say_why():
+    real, labels, patients = patients_of(n_patients=6, slices=4)
+    patients = np.where(labels == 1, 99, patients)  # every AD slice from one patient
+    summary = emb.summarise(real, labels, real[:, :2], real[:2], labels[:2], real[:2, :2],
+                            patients)
+    assert "knn_accuracy" not in summary and "generated_agreement" not in summary
+    assert "AD slices come from one patient" in summary["label_measures_not_defined"]
+    sentences = emb.interpret(summary, "latent", "umap")
+    assert "not defined here" in sentences[-1]
+    assert "than chance" not in " ".join(sentences) and "0.000" not in " ".join(sentences)
+    table = "\n".join(emb.markdown_table({**summary, "space": "latent"}))
+    assert "| n/a | n/a |" in table and "0.000" not in table
+    one_label = emb.summarise(real[labels == 0], labels[labels == 0], real[labels == 0, :2])
+    assert "one label only (NC)" in one_label["label_measures_not_defined"]

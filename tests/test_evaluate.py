@@ -70,3 +70,22 @@ def test_evaluate_bad_input_exits_2(tiny_model, tiny_data, tmp_path, args, messa
     proc = run_script("evaluate.py", "--model", tiny_model, "--data", tiny_data, "--out",
                       tmp_path, *args, check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_test_label_with_one_patient_reports_precision_and_recall_as_not_defined(
+        tiny_model, tmp_path):
+    """One test patient per class: a real slice's radius, its own patient left out, has no
+    other patient of its label to reach, so the per-label precision and recall say so."""
+    from tools.phantom import write_phantom
+
+    data = tmp_path / "AD_NC"
+    write_phantom(data, train_patients=3, test_patients=1, slices=4, seed=0, workers=1)
+    out = tmp_path / "eval"
+    run_script("evaluate.py", "--model", tiny_model, "--data", data, "--out", out,
+               "--num_images", "4", "--num_inference_steps", "2")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["precision"] is not None and m["recall"] is not None  # two patients overall
+    for block in m["per_label"].values():
+        assert block["precision"] is None and block["recall"] is None
+        assert "from one patient" in block["precision_recall_not_defined"]
+    assert "Precision and recall (AD): not defined here" in (out / "metrics.md").read_text()

@@ -174,9 +174,10 @@ def targets(timing: dict, vae: dict, ev: dict) -> list[str]:
                           f"{fd['gen_vs_test']:.2f} / {fd['train_vs_test']:.2f} = "
                           f"{fd['gen_vs_test'] / max(fd['train_vs_test'], 1e-9):.2f}", "<= 3",
                           fd["gen_vs_test"] <= 3 * fd["train_vs_test"]))
-        rows.append(check("precision", f"{ev['precision']:.3f}", ">= 0.7",
-                          ev["precision"] >= 0.7))
-        rows.append(check("recall", f"{ev['recall']:.3f}", ">= 0.55", ev["recall"] >= 0.55))
+        for name, goal in (("precision", 0.7), ("recall", 0.55)):
+            value = ev[name]
+            rows.append(check(name, "n/a" if value is None else f"{value:.3f}", f">= {goal}",
+                              None if value is None else value >= goal))
         div = ev["diversity"]
         rows.append(check(f"diversity ({div['measure']}) gen vs real",
                           f"{div['gen']:.3f} vs {div['real']:.3f}", "within 0.05",
