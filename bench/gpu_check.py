@@ -1,5 +1,5 @@
 """The GPU check: every stage of a config for a few minutes on this machine, timed and counted,
-so the first GPU this project is lent turns into figures for docs/RESULTS.md in one command.
+so the first GPU this project meets turns into figures for the results page in one command.
 
     bash bench/gpu_check.sh                                   # GPUs: configs/adni256.yaml
     bash bench/gpu_check.sh --config configs/tiny.yaml --steps 6 --out /tmp/gc   # CPU smoke run
@@ -11,7 +11,7 @@ stage: steady img/s (the trainers' ``steady_img_per_s``: warm-up, validation and
 peak GPU memory per process, FLOPs per image (torch.utils.flop_counter on one training step,
 forward + backward, matmuls and convolutions), achieved TFLOP/s and MFU against the device's dense
 bf16 peak; OUT/sample_grid.png holds generated AD and NC slices, OUT/gpu_check.md the table for
-docs/RESULTS.md and OUT/gpu_check.log every stage's output.
+the results page and OUT/gpu_check.log every stage's output.
 
 Packages the machine lacks (diffusers, datasets, nibabel, nilearn) install from the wheels in
 .whl/ (``make gpu-wheels``) into --site, before anything imports them.
@@ -199,7 +199,7 @@ def train_record(metrics: dict, seconds: float, flops_per_image: float, peak: fl
 
 
 def markdown(record: dict) -> str:
-    """The table docs/RESULTS.md takes."""
+    """The table the results page takes."""
     dev = record["device"]
     precision = {"no": "fp32"}
 

@@ -91,7 +91,7 @@ class UNetConfig(TrainConfig):
     attention_levels: list = field(default_factory=lambda: [False, False, True])
     attention_head_dim: int = 32
     conditioning: str = "class_embed"  # class_embed (added to the time embedding) | cross_attention
-    #   (a one-hot label token read by cross-attention); docs/RESULTS.md compares the two
+    #   (a one-hot label token read by cross-attention); docs/DESIGN.md compares the two
     level_conditioning: bool = False  # also condition on the slice's level in its patient's
     #   stack (0 = lowest slice number, 1 = highest); needs conditioning class_embed
     stack_conditioning: bool = False  # also read the next-lower slice's latent of the same

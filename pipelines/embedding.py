@@ -49,7 +49,7 @@ K = 10  # neighbours for every k-NN measure
 MIN_REAL = 10  # fewest real slices a map is drawn from
 PCA_DIMS = 50  # features are standardised, then reduced to this many dimensions before the map
 UMAP_NEIGHBOURS, UMAP_MIN_DIST, TSNE_PERPLEXITY = 15, 0.1, 30.0
-ENCODE_BATCH = 32  # small batches keep activations in cache on CPUs (docs/RESULTS.md)
+ENCODE_BATCH = 32  # small batches keep activations in cache on CPUs
 
 # interpretation rules (see interpret): thresholds on the numbers, each a named constant
 SEPARATION_WORDS = ((0.5, "clearly"), (0.15, "partly"), (0.0, "barely"),

@@ -3,7 +3,7 @@
 Every number compares generated slices with real ones in the same space and gives the real-data
 reference beside it (the floor or the target), so a reader can tell good from bad without
 knowing the metric. Features come from the judge (``pipelines.judge``), a classifier trained on
-the real training split; see docs/RESULTS.md for what each number means.
+the real training split; docs/GUIDE.md, "Evaluation", says what each number means.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from .sharpness import compare_spectra, plot_spectra
 from .slices import NATIVE_SIZE, to_native
 
 # the memorisation check's shortlist: exact SSIM with each query's k nearest train slices by L2
-# on 32 px pooled images (``metrics.nearest_ssim``); agreement with the exact search:
-# docs/RESULTS.md, "Scale rehearsal" (bench/bench_shortlist.py)
+# on 32 px pooled images (``metrics.nearest_ssim``); its agreement with the exact search is
+# measured by bench/bench_shortlist.py
 MEMORISATION_CANDIDATES = 64
 
 

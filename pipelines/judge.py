@@ -8,9 +8,9 @@ and its accuracy on generated slices says whether the class labels took.
 
 The model is a transformers ``ResNetForImageClassification`` (ResNet-10, 1.2M parameters) built
 from a config: no hub download. It beat a ConvNeXt of the same widths on the stand-in data, and
-trains in fp32 because emulated bf16 is far slower on CPUs without native bf16 (figures:
-docs/RESULTS.md, "Choices and why"). The one training function, :func:`train_classifier`,
-also trains the train-on-synthetic/test-on-real (TSTR) classifier: both follow one recipe.
+trains in fp32 because emulated bf16 is far slower on CPUs without native bf16. The one
+training function, :func:`train_classifier`, also trains the train-on-synthetic/test-on-real
+(TSTR) classifier: both follow one recipe.
 
 A trained judge is cached in a folder (``config.json`` + ``model.safetensors`` + ``judge.json``)
 and reused only when the data fingerprint and training settings match::

@@ -19,8 +19,7 @@ from .training import resolve_precision
 STAGES = ("vae", "unet")
 # A stage's time outside its training loop (start-up, reading the data, the UNet's latent cache,
 # the final measurement and save) in the stage's own steps: the demo data on a throttled 2-core
-# host took 166 s beside VAE steps of 1.13 s, 132 s beside UNet steps of 1.63 s
-# (docs/RESULTS.md, "The demo's speed check").
+# host took 166 s beside VAE steps of 1.13 s, 132 s beside UNet steps of 1.63 s.
 FIXED_STEPS = {"vae": 147, "unet": 81}
 
 
@@ -124,8 +123,8 @@ def probe(cfg, caps: bool = True, seconds: float = 12.0) -> list[StageProjection
 
 
 # The demo's stages after training (sampling, embedding, evaluation, edits) in the UNet stage's
-# seconds per step: ~2,900 on the bf16 dev host, ~1,800 on an AVX2-only one before the judge's
-# map was added (docs/demo/2026-12-01 and avx2_2026-12-01, timings.json): rough, within a third.
+# steps: ~2,900 on a bf16 host, ~1,800 on an AVX2-only one (the demo's timings.json): rough,
+# within a third.
 REST_UNET_STEPS = 2400
 
 

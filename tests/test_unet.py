@@ -294,7 +294,7 @@ def test_label_only_model_refuses_levels_and_bad_levels_are_named(tiny_model, ti
 
 def test_level_unet_is_the_label_only_unet_plus_a_level_path():
     """The label keeps its own table, the mid block keeps two ResNets and self-attention: the
-    level-conditioned UNet has the label-only one's parameters plus the level MLP (issue #18)."""
+    level-conditioned UNet has the label-only one's parameters plus the level MLP."""
     cfg = load_config(TINY, section="unet").unet
     torch.manual_seed(0)
     label_only = build_unet(cfg, latent_channels=2, latent_size=8)
@@ -317,7 +317,7 @@ def test_level_unet_is_the_label_only_unet_plus_a_level_path():
 
 
 def first_format_level_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DConditionModel:
-    """The level-conditioned UNet as first saved (before 2026-11-30): one projection MLP reading
+    """The level-conditioned UNet's first format: one projection MLP reading
     [one-hot label, level sinusoids], diffusers' attention-free mid block."""
     widths = tuple(cfg.block_out_channels)
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)

@@ -194,7 +194,7 @@ def targets(timing: dict, vae: dict, ev: dict) -> list[str]:
 
 
 def sharpness_targets(sharp: dict | None, resolution: int | None) -> list[str]:
-    """Detail at the native size (issue #16): targets from 128 px up, information below.
+    """Detail at the native size: targets from 128 px up, information below.
 
     A 64 px model has no frequencies above 1/4 of the native Nyquist to give, so its rows are
     shown without a verdict.
@@ -229,7 +229,7 @@ def level_targets(levels: dict | None) -> list[str]:
                           f"{gen:.3f} / {real:.3f} = {ratio:.2f}", f"<= {LEVEL_ERROR_TARGET}",
                           ratio <= LEVEL_ERROR_TARGET))
     recalls = {name: t["recall"] for name, t in levels["terciles"].items()}
-    # a target of the level-conditioned model (issue #18); for a label-only one, information
+    # a target of the level-conditioned model; for a label-only one, information
     rows.append(check("recall in each level third (lowest, middle, highest)",
                       ", ".join(f"{r:.3f}" for r in recalls.values()), ">= 0.4",
                       all(r >= 0.4 for r in recalls.values()) if gen is not None else None))

@@ -24,7 +24,7 @@ does; ``typical`` gives every patient the other class's mean, which for an AD pa
 the NC mean renders its "without AD" version with *more* atrophy; ``additive`` moves every patient
 by the difference of the class means (severity = class mean + U), clipped to [0, 1]. The generator
 draws each class's severity on its own, so which of these is "the" counterfactual is an
-assumption; docs/RESULTS.md scores the edits against each. They are written to
+assumption; `edit.py --evaluate` can score the edits against each. They are written to
 ``counterfactual/<NC_to_AD|AD_to_NC>/`` under the same file names as their sources in ``test/``,
 with ``counterfactual/counterfactual.json`` holding both severities; the data layer never reads
 that folder as labelled data, and the train/test images are the same bytes with or without it.

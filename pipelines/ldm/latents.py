@@ -11,7 +11,7 @@ the main process writes them to a temporary name and renames, the others wait an
 Memory: the latents are stored in half precision and read through a read-only memory map, so
 every process on a node shares one copy in the page cache and a batch is converted to fp32 as
 it is drawn. Cost: encoding is linear in the slices, loading is constant (the map), a batch is
-O(batch). The fp16 rounding (relative 2**-11) is measured against fp32 in docs/RESULTS.md.
+O(batch). The fp16 rounding is relative 2**-11 of each value.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def encode_posterior(vae, pixels: torch.Tensor, batch_size: int = 32, desc: str 
     """(N, 1, R, R) uint8 -> the VAE posterior's unscaled (mean, std) as ``dtype``, in batches.
 
     Puts the VAE's weights in channels-last layout (in place; same results to 1e-6), faster on
-    CPUs, where small batches beat large ones (docs/RESULTS.md, "Choices and why").
+    CPUs, where small batches beat large ones.
     """
     vae = vae.to(memory_format=torch.channels_last)
     means, stds = [], []

@@ -495,24 +495,23 @@ class ADNIDiffusionPipeline(SlicePipeline):
 
 EDIT_METHODS = ("posterior", "inversion", "sdedit")
 DEFAULT_EDIT_METHOD = "posterior"
-# Each method's strength and guidance, measured against the paired truth (docs/RESULTS.md,
-# "Counterfactuals"): the sampled edits at 0.4 and guidance 2 (at 4, the sampling default then,
-# no slice came closer); the posterior change up to noise level 0.75 (its draws spread over
-# POSTERIOR_LEVELS of it), unextrapolated, which came closer to the truth than either, so it is
-# the default.
+# Each method's strength and guidance, measured against the paired truth: the sampled edits at
+# 0.4 and guidance 2 (at guidance 4 no slice came closer); the posterior change up to noise
+# level 0.75 (its draws spread over POSTERIOR_LEVELS of it), unextrapolated, which came closer
+# to the truth than either, so it is the default.
 EDIT_DEFAULTS = {"posterior": {"strength": 0.75, "guidance_scale": 1.0},
                  "inversion": {"strength": 0.4, "guidance_scale": 2.0},
                  "sdedit": {"strength": 0.4, "guidance_scale": 2.0}}
-DEFAULT_DRAWS = 16  # noise draws the posterior edit averages (docs/RESULTS.md, "posterior")
+DEFAULT_DRAWS = 16  # noise draws the posterior edit averages
 # The noise levels the posterior draws take turns at, as fractions of ``strength``: coarse
 # levels place the change, fine ones fit it to this anatomy; the spread came closer to the
-# truth than any one level (docs/RESULTS.md, "several noise levels").
+# truth than any one level.
 POSTERIOR_LEVELS = (1.0, 0.8, 0.6, 0.4)
 CHANGE_FROM = ("null_edit", "reconstruction", "none")
 REFINE = ("edges", "guided", "none")
 DEFAULT_REFINE = "edges"  # guided, then moved onto the source's edges: closest to the truth
 EDGE_SIGMA = 1.0  # native pixels of smoothing before the source's gradient is taken
-GUIDED_EPS = 1e-3  # the guided filter's regulariser, intensities in [0, 1] (docs/RESULTS.md)
+GUIDED_EPS = 1e-3  # the guided filter's regulariser, intensities in [0, 1]
 GUIDED_RADIUS = 2  # the guided filter's radius in model pixels (2 came closer to the truth than 1)
 
 
@@ -608,7 +607,7 @@ class ADNICounterfactualPipeline(ADNIDiffusionPipeline):
     the source's ventricle walls and sulci instead of spreading as a blur (``refine="guided"``),
     and then, by default (``refine="edges"``), gathered within each model pixel onto the
     source's edges (``edge_weighted``), where atrophy moves the border between tissue and CSF
-    (measured against paired truth: docs/RESULTS.md, "Counterfactuals").
+    (closest to the paired truth of the refinements tried).
     """
 
     def edit_schedulers(self, num_inference_steps: int, strength: float):

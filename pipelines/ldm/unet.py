@@ -23,9 +23,8 @@ def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNe
 
     ``level_conditioning`` (with ``class_embed``, a rule of the config schema): a
     UNet2DConditionModel that is the label-only UNet2DModel plus one level path, so the level
-    costs the label nothing (issue #18: a first version fed the label only through the level's
-    MLP and lost 0.8M parameters of mid block; its FD was 3.12x the floor against 2.05x, its AD
-    judge accuracy 0.84 against 1.00; docs/RESULTS.md):
+    costs the label nothing (feeding the label only through the level's MLP lost the mid block's
+    attention and followed the AD label less):
 
     - the label: ``num_class_embeds`` (``class_embed_type`` None), the same learned table
       UNet2DModel adds to the time embedding;
@@ -33,8 +32,8 @@ def build_unet(cfg, latent_channels: int, latent_size: int) -> UNet2DModel | UNe
       level x 1000 as ``time_ids`` through ``add_time_proj`` (the timestep's sinusoids, 64 of
       them) and, beside them as ``text_embeds``, the one-hot label, into the ``add_embedding``
       MLP, added to the time embedding (``pipeline_adni.condition_inputs``), so that the
-      level's embedding can depend on the label (one seed each, guidance 4: level alone 1.60x
-      the real level error, with the label 1.44x; docs/RESULTS.md);
+      level's embedding can depend on the label (the level error was lower with the label
+      beside it than with the level alone);
     - the mid block: "UNetMidBlock2DSimpleCrossAttn" with ``mid_block_only_cross_attention``
       and no context: given no ``encoder_hidden_states`` its attention reads the feature map
       itself, so it is self-attention between two ResNets with UNet2DModel's mid block's
