@@ -17,6 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 
+def with_overrides(base: list, overrides: list) -> list:
+    """``base`` flags (``--flag value`` pairs) with those ``overrides`` names replaced: the scripts
+    refuse a flag given twice, so a test's bad value takes the default's place."""
+    named = {str(a) for a in overrides if str(a).startswith("--")}
+    pairs = [base[i:i + 2] for i in range(0, len(base), 2)]
+    return [x for flag, value in pairs if str(flag) not in named for x in (flag, value)] + \
+        list(overrides)
+
+
 def run_script(*args, check: bool = True, env: dict | None = None, timeout: int = 600):
     """Run a repo script or module in a subprocess; returns the CompletedProcess."""
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,

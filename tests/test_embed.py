@@ -12,7 +12,7 @@ import embed
 from pipelines import embedding as emb
 from pipelines.data import CLASS_NAMES
 
-from .conftest import run_script
+from .conftest import run_script, with_overrides
 
 FILES = ("embedding.png", "embedding_levels.png", "embedding.csv", "embedding.json", "embedding.md")
 
@@ -112,8 +112,8 @@ def test_umap_judge_space(tiny_model, tiny_data, tmp_path):
 ])
 def test_bad_input_exits_2(args, message, tiny_model, tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        embed.main(["--model", str(tiny_model), "--data", str(tiny_data), "--out", str(tmp_path),
-                    *args])
+        embed.main(with_overrides(["--model", str(tiny_model), "--data", str(tiny_data), "--out",
+                                   str(tmp_path)], args))
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
     assert last.startswith("error:") and message in last

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from .conftest import run_script
+from .conftest import run_script, with_overrides
 
 KEYS = {"fd", "precision", "recall", "judge_acc", "diversity", "memorisation", "tstr", "trtr",
         "inception_fid", "per_label", "sharpness", "sampling", "levels"}
@@ -67,8 +67,8 @@ def test_judge_is_cached_and_reused(evaluation, tiny_model, tiny_data, tmp_path)
     (["--data", "/no/data"], "does not exist"),
 ])
 def test_evaluate_bad_input_exits_2(tiny_model, tiny_data, tmp_path, args, message):
-    proc = run_script("evaluate.py", "--model", tiny_model, "--data", tiny_data, "--out",
-                      tmp_path, *args, check=False)
+    proc = run_script("evaluate.py", *with_overrides(
+        ["--model", tiny_model, "--data", tiny_data, "--out", tmp_path], args), check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 

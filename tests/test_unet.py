@@ -26,7 +26,7 @@ from pipelines.ldm.unet import build_unet
 from pipelines.sampling import generate, load_pipeline, sampling_settings
 from pipelines.vae.model import load_vae
 
-from .conftest import ROOT, TINY, run_script
+from .conftest import ROOT, TINY, run_script, with_overrides
 
 
 def test_pipeline_folder_is_a_diffusers_folder(tiny_model):
@@ -212,7 +212,8 @@ def test_sample_cli_writes_pngs_grid_and_sidecar(tiny_model, tmp_path):
     (["--model", "/no/such/model"], "no model at"),
 ])
 def test_sample_bad_input_exits_2(tiny_model, tmp_path, args, message):
-    proc = run_script("sample.py", "--model", tiny_model, "--out", tmp_path, *args, check=False)
+    proc = run_script("sample.py", *with_overrides(["--model", tiny_model, "--out", tmp_path],
+                                                   args), check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL
 from pipelines.errors import UserError
 from pipelines.vae.model import adapt_to_greyscale, load_vae
 
-from .conftest import ROOT, TINY, run_script
+from .conftest import ROOT, TINY, run_script, with_overrides
 
 
 def test_tiny_vae_saves_loadable_model_with_measured_scale(tiny_vae_run):
@@ -81,8 +81,8 @@ def test_not_a_vae_is_a_user_error(tmp_path):
     (["--train_crop", "64"], "up to data.resolution 32"),
 ])
 def test_train_vae_bad_input_exits_2(tiny_data, tmp_path, args, message):
-    proc = run_script("train_vae.py", "--config", TINY, "--data", tiny_data, "--output_dir",
-                      tmp_path / "o", *args, check=False)
+    proc = run_script("train_vae.py", *with_overrides(
+        ["--config", TINY, "--data", tiny_data, "--output_dir", tmp_path / "o"], args), check=False)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
