@@ -172,6 +172,22 @@ def check_images(images: torch.Tensor, label, settings: dict) -> None:
                         "(see its metrics.json): train it again")
 
 
+def sampling_label(pipe: SlicePipeline, label) -> int:
+    """The model's id of ``label`` with the progress bar off: what a seeded sampling loop needs
+    first (an unknown label is the user's mistake)."""
+    try:
+        label_id = pipe.label_ids([label])[0]
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    pipe.set_progress_bar_config(disable=True)
+    return label_id
+
+
+def seeded_generators(seed: int, label_id: int, first: int, n: int) -> list[torch.Generator]:
+    """One generator per image ``first`` .. ``first + n - 1``: the same draws at any batching."""
+    return [torch.Generator().manual_seed(image_seed(seed, label_id, first + i)) for i in range(n)]
+
+
 def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_size: int,
              settings: dict, native_size: bool = True, latents: bool = False,
              progress: bool = True, positions=None, callback=None, first: int = 0):
@@ -191,17 +207,12 @@ def generate(pipe: SlicePipeline, label, num_images: int, *, seed: int, batch_si
     """
     if positions is not None:
         positions = np.broadcast_to(np.asarray(positions, dtype=np.float64), (num_images,))
-    try:
-        label_id = pipe.label_ids([label])[0]
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    pipe.set_progress_bar_config(disable=True)
+    label_id = sampling_label(pipe, label)
     outs = []
     bar = tqdm(total=num_images, desc=f"sample {label}", disable=not progress, leave=False)
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
-        gens = [torch.Generator().manual_seed(image_seed(seed, label_id, first + start + i))
-                for i in range(n)]
+        gens = seeded_generators(seed, label_id, first + start, n)
         levels = {} if positions is None else \
             {"slice_positions": positions[start : start + n].tolist()}
         try:

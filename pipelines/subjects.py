@@ -29,7 +29,13 @@ from .errors import UserError
 from .files import atomic_path, write_json
 from .judge import Judge
 from .runs import prepare_output_dir
-from .sampling import call_kwargs, image_seed, load_pipeline, sampling_settings
+from .sampling import (
+    call_kwargs,
+    load_pipeline,
+    sampling_label,
+    sampling_settings,
+    seeded_generators,
+)
 from .slices import to_model_input
 from .stack_metrics import own_stack_nearest, stack_accuracy, stack_report
 
@@ -177,16 +183,11 @@ def generate_subjects(pipe, label: str, subjects: int, stack: int | None, *, see
                       settings: dict, batch_size: int = 4) -> np.ndarray:
     """(subjects, K, H, W) uint8 stacks of ``label``, subject i from its own seeded generator
     (the same seed gives the same subjects at any batch size)."""
-    try:
-        label_id = pipe.label_ids([label])[0]
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    pipe.set_progress_bar_config(disable=True)
+    label_id = sampling_label(pipe, label)
     out = []
     for start in range(0, subjects, batch_size):
         n = min(batch_size, subjects - start)
-        gens = [torch.Generator().manual_seed(image_seed(seed, label_id, start + i))
-                for i in range(n)]
+        gens = seeded_generators(seed, label_id, start, n)
         try:
             stacks = pipe.subjects([label_id], num_subjects=n, stack=stack, generator=gens,
                                    output_type="np", **call_kwargs(settings)).images
