@@ -135,9 +135,7 @@ def pair_brain(sources: np.ndarray, truths: np.ndarray) -> np.ndarray:
 def mae_to_truth(images: np.ndarray, truths: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """Per slice: the mean absolute error of ``images`` to the truth, grey levels inside
     ``brain``."""
-    images, truths = images.astype(np.float64), truths.astype(np.float64)
-    return np.array([masked_mean(np.abs(a - t), b) for a, t, b in zip(images, truths, brain,
-                                                                     strict=True)])
+    return axioms.mean_abs_difference(images, truths, brain)
 
 
 def truth_at_size(sources: np.ndarray, truths: np.ndarray, edits: np.ndarray,
